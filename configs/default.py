@@ -1,0 +1,92 @@
+"""Every default of the stack. Other configs import this and override a few fields.
+
+Each field is one choice; `--config.x=y` overrides it. `configs/validate.py` checks the
+combination before anything compiles.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Mesh: axes ('data', 'model'). -1 means "all remaining devices".
+  # 'data' splits the batch; 'model' splits the class-centre matrix of the margin head.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.model = 1
+  # Parameter sharding of the backbone + embedding head: 'replicate', or 'fsdp'
+  # (each parameter's largest dim divisible by the data axis is split over 'data').
+  c.param_sharding = 'replicate'
+  # Parameters smaller than this stay replicated under 'fsdp'.
+  c.fsdp_min_size = 2**16
+
+  # ---- Data ----
+  c.data = ml_collections.ConfigDict()
+  c.data.image_size = 128
+  # Training sources; see input_pipeline/train_data.py. Each entry: name, weight, options.
+  c.data.sources = ('synthetic',)
+  c.data.weights = (1.0,)
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.num_templates = 1000    # training classes
+  c.data.synthetic.template_size = 192     # px, longest side of a rendered template
+  c.data.synthetic.seed = 1
+  c.data.synthetic.heldout_templates = 50  # never trained on: the in-training eval set
+  c.data.synthetic.heldout_captures = 4
+  c.data.prefetch = 2
+
+  # ---- Model ----
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = 'lcnet'       # lcnet | resnet
+  c.model.width = 0.5              # LCNet scale
+  c.model.resnet_depth = 18
+  c.model.head = 'ln_bn'           # ln_bn | ln | bn  (seed's best: ln_bn)
+  c.model.squeeze_channels = 64    # 1x1 conv before flatten
+  c.model.embed_dim = 256
+  c.model.dropout = 0.0
+  c.model.dtype = 'float32'        # compute dtype: float32 | bfloat16
+  c.model.depthwise_impl = 'auto'  # auto | xla | shifted (see models/layers.py)
+
+  # ---- Margin head / loss ----
+  c.loss = ml_collections.ConfigDict()
+  c.loss.margin = 'cosface'        # cosface | arcface | combined
+  c.loss.scale = 64.0
+  c.loss.m1 = 1.0                  # combined: cos(m1 * theta + m2) - m3
+  c.loss.m2 = 0.0
+  c.loss.m3 = 0.4
+  c.loss.partial_fc = False        # True: sharded PartialFC head (losses/partial_fc.py)
+  c.loss.sample_rate = 1.0
+  c.loss.interclass_filtering_threshold = 0.0  # 0 disables
+
+  # ---- Distillation (models/teacher.py, losses/distill.py) ----
+  c.distill = ml_collections.ConfigDict()
+  c.distill.enabled = False
+  c.distill.teacher = ''           # hub name or local dir
+  c.distill.weight = 1.0
+
+  # ---- Optimisation ----
+  c.batch_size = 64                # global
+  c.num_train_steps = 1000
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adamw'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.weight_decay = 5e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.grad_clip_norm = 5.0
+  c.optimizer.warmup_steps = 100
+  c.optimizer.schedule = 'cosine'  # cosine | polynomial | constant
+  c.optimizer.end_lr_factor = 0.01
+  c.optimizer.poly_power = 2.0
+  c.optimizer.head_learning_rate_factor = 1.0
+
+  # ---- Loop, logging, eval, checkpoints ----
+  c.log_every_steps = 20
+  c.eval_every_steps = 200
+  c.eval_batch_size = 128
+  c.eval_sets = ('synthetic_heldout',)   # or 'folder:<dir with labels.csv>'
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  return c
