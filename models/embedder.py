@@ -1,0 +1,45 @@
+"""The embedding model: uint8 NHWC images -> (unnormalised) embeddings.
+
+Normalisation lives inside the model, so training, evaluation, inference and exported artefacts
+all take the same raw pixels.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from models.heads import EmbeddingHead
+from models.lcnet import LCNet
+from models.resnet import ResNet
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BACKBONES = ('lcnet', 'resnet')
+
+
+def create_backbone(model_config, dtype):
+  name = model_config.backbone
+  if name == 'lcnet':
+    return LCNet(scale=model_config.width, dtype=dtype,
+                 depthwise_impl=model_config.depthwise_impl)
+  if name == 'resnet':
+    return ResNet(depth=model_config.resnet_depth, dtype=dtype)
+  raise ValueError(f'config.model.backbone: unknown backbone {name!r} ({" | ".join(BACKBONES)})')
+
+
+class Embedder(nn.Module):
+  model_config: dict
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    cfg = self.model_config
+    dtype = jnp.dtype(cfg.dtype)
+    x = images.astype(jnp.float32) / 255.0
+    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    x = x.astype(dtype)
+    x = create_backbone(cfg, dtype)(x, train=train)
+    return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
+                         embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
+                         name='head')(x, train=train)
+
+
+def build_model(model_config):
+  return Embedder(model_config)
