@@ -1,0 +1,43 @@
+"""An evaluation set on disk: DIR/labels.csv with columns file,label,role (register | query)."""
+import csv
+import os
+
+import numpy as np
+from PIL import Image, ImageOps
+
+Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs
+
+
+def load_image(path, image_size):
+  """RGB uint8 [size, size, 3]: EXIF orientation applied, whole image resized (no crop)."""
+  with Image.open(path) as im:
+    im = ImageOps.exif_transpose(im)
+    im = im.convert('RGB').resize((image_size, image_size), Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(im, np.uint8)
+
+
+def read_labels_csv(root):
+  path = os.path.join(root, 'labels.csv')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{root}: no labels.csv (columns file,label,role)')
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  if not rows or not {'file', 'label'} <= set(rows[0]):
+    raise ValueError(f'{path}: needs columns file,label[,role]')
+  return rows
+
+
+def load_labelled_folder(root, image_size):
+  """(images uint8 [N, S, S, 3], labels [N] str, is_register [N] bool, skipped [(file, why)])."""
+  images, labels, is_register, skipped = [], [], [], []
+  for row in read_labels_csv(root):
+    try:
+      images.append(load_image(os.path.join(root, row['file']), image_size))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+      skipped.append((row['file'], f'{type(e).__name__}: {e}'))
+      continue
+    labels.append(row['label'])
+    is_register.append(row.get('role', 'query') == 'register')
+  if not images:
+    raise ValueError(f'{root}: no readable images')
+  return np.stack(images), np.asarray(labels), np.asarray(is_register), skipped
