@@ -1,0 +1,53 @@
+"""PartialFC over 2 JAX processes x 4 CPU devices equals 1 process x 8 devices."""
+import importlib.util
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+
+import jax
+import numpy as np
+from jax.sharding import AxisType
+
+WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process():
+  port = free_port()
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['JAX_PLATFORMS'] = 'cpu'
+  procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), '2', str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=WORKER.parent.parent) for i in range(2)]
+  outputs = []
+  try:
+    for p in procs:
+      out, err = p.communicate(timeout=180)
+      assert p.returncode == 0, err[-3000:]
+      outputs.append(json.loads(out.strip().splitlines()[-1]))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+  spec = importlib.util.spec_from_file_location('multihost_worker', WORKER)
+  worker = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(worker)
+  assert jax.device_count() == 8
+  mesh = jax.make_mesh((2, 4), ('data', 'model'), axis_types=(AxisType.Auto,) * 2)
+  expected = worker.head_step(mesh)
+  assert expected['loss'] > 0 and expected['grad_rows_norm'] > 0
+  for out in outputs:
+    assert {k: v for k, v in out.items() if k != 'process_id'}.keys() == expected.keys()
+    for key, value in expected.items():
+      np.testing.assert_allclose(out[key], value, rtol=1e-5, err_msg=key)
