@@ -131,8 +131,9 @@ def load_clip_teacher(src, *, projected=True, from_pt='auto', dtype='float32'):
       return module.visual_projection(pooled) if use_projection else pooled
     return model.module.apply({'params': params}, x, method=forward)
 
-  # Keep only the image tower: the text tower is never run.
-  keep = ('vision_model', 'visual_projection') if full else ('vision_model',)
+  # Keep only the image tower (the text tower is never run); logit_scale, a scalar, is created
+  # in FlaxCLIPModule.setup and must be present.
+  keep = ('vision_model', 'visual_projection', 'logit_scale') if full else ('vision_model',)
   params = {k: v for k, v in model.params.items() if k in keep}
   mean, std = _clip_norm(src)
   return Teacher(name=f'clip:{src}', apply=apply, params=_cast_floats(params, dtype),
