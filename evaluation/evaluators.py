@@ -1,0 +1,62 @@
+"""Periodic evaluation during training: embed each eval set, report open-set figures.
+
+Eval sets come from config.eval_sets: 'synthetic_heldout' (templates never trained on) or
+'folder:<dir>' (a labels.csv folder such as ../shared/data/orl_faces).
+"""
+import jax
+import numpy as np
+from absl import logging
+
+from evaluation import labelled_folder
+from evaluation import verification
+from input_pipeline import synthetic
+
+
+def build_eval_sets(config):
+  """[(name, images uint8 [N, S, S, 3], labels [N], is_register [N])], built once."""
+  sets = []
+  for name in config.eval_sets:
+    if name == 'synthetic_heldout':
+      images, labels, is_register = synthetic.heldout_set(config.data.synthetic,
+                                                          config.data.image_size)
+      sets.append((name, images, labels, is_register))
+    else:
+      root = name.split(':', 1)[1]
+      images, labels, is_register, skipped = labelled_folder.load_labelled_folder(
+          root, config.data.image_size)
+      for file, why in skipped:
+        logging.warning('eval set %s: skipped %s (%s)', root, file, why)
+      sets.append((name.replace('/', '_').replace(':', '_'), images, labels, is_register))
+  return sets
+
+
+def make_embed_fn(model, mesh, batch_sharding):
+  """(variables, images uint8 numpy [N, ...], batch_size) -> float32 numpy [N, D]."""
+  apply = jax.jit(lambda v, x: model.apply(v, x, train=False),
+                  in_shardings=(None, batch_sharding), out_shardings=None)
+
+  def embed(variables, images, batch_size):
+    out = []
+    for i in range(0, len(images), batch_size):
+      chunk = images[i:i + batch_size]
+      n = len(chunk)
+      if n < batch_size:  # pad to a fixed shape: one compilation
+        chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
+      out.append(np.asarray(jax.device_get(apply(variables, chunk)))[:n])
+    return np.concatenate(out)
+
+  return embed
+
+
+def evaluate_embeddings(embeddings, labels, is_register):
+  figures = verification.pair_metrics(embeddings, labels)
+  figures = {k: float(v) for k, v in figures.items() if not k.startswith(('resolvable', 'threshold'))}
+  figures['top1'] = verification.top1_identification(embeddings, labels, is_register)
+  return figures
+
+
+def run(eval_sets, embed_fn, variables, batch_size):
+  """Yields (set name, {figure: value})."""
+  for name, images, labels, is_register in eval_sets:
+    embeddings = embed_fn(variables, images, batch_size)
+    yield name, evaluate_embeddings(embeddings, labels, is_register)

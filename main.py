@@ -1,0 +1,56 @@
+"""Entry point: python main.py --config=configs/arcface_clip.py:demo --workdir=/tmp/demo"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow as tf
+
+from configs.validate import ConfigError, validate_config
+import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, config.json and TensorBoard logs.')
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally :arg.',
+                                lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def is_multihost():
+  """Several processes: a Cloud TPU VM pod slice, or an explicit coordinator address."""
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+
+
+def quiet_orbax_info(record):
+  # Orbax logs every save in detail at INFO; keep its warnings, drop the rest from the console.
+  return '/orbax/' not in record.pathname or record.levelno >= logging.WARNING
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  logging.get_absl_handler().addFilter(quiet_orbax_info)
+  # tf.data only: keep TensorFlow off the accelerators JAX uses.
+  tf.config.set_visible_devices([], 'GPU')
+  if is_multihost():
+    jax.distributed.initialize()
+  logging.info('JAX process %d / %d, devices: %s', jax.process_index(), jax.process_count(),
+               jax.devices())
+  try:
+    validate_config(FLAGS.config)
+  except ConfigError as e:
+    sys.exit(f'Config error: {e}')
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.RunStopped as e:
+    sys.exit(f'Stopped: {e}')
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main)

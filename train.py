@@ -1,0 +1,320 @@
+"""Training loop: an embedding model with a margin-softmax head, sharded over a ('data', 'model') mesh.
+
+Read top to bottom: mesh, input, model and optimizer, sharding, update step, checkpoint restore,
+evaluation, loop.
+"""
+import functools
+import json
+import os
+import re
+import tempfile
+import time
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from configs.validate import resolve_mesh_shape, validate_config
+from evaluation import evaluators
+from input_pipeline import train_data
+from losses import margin
+from models.embedder import build_model
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh.
+# ---------------------------------------------------------------------------------------------
+
+def create_mesh(config):
+  data, model = resolve_mesh_shape(config, jax.device_count())
+  return jax.make_mesh((data, model), ('data', 'model'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+class RunStopped(RuntimeError):
+  """The run cannot go on (non-finite loss, checkpoint that does not fit); said in one line."""
+
+
+# The batch is split over every device: the backbone is data parallel on the whole mesh, while
+# the class centres are split over 'model' (as PartialFC splits them over GPUs).
+BATCH_AXES = ('data', 'model')
+
+
+# ---------------------------------------------------------------------------------------------
+# Model, head and optimizer.
+# ---------------------------------------------------------------------------------------------
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: dict          # {'model': backbone + embedding head, 'head': {'centers': [C, D]}}
+  batch_stats: dict
+  opt_state: optax.OptState
+  nonfinite_steps: jnp.ndarray  # steps whose loss or gradient was NaN/Inf (update skipped)
+
+
+def create_learning_rate_fn(config):
+  opt = config.optimizer
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1))
+  decay_steps = max(config.num_train_steps - opt.warmup_steps, 1)
+  end = opt.learning_rate * opt.end_lr_factor
+  if opt.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(opt.learning_rate, decay_steps, alpha=opt.end_lr_factor)
+  elif opt.schedule == 'polynomial':
+    decay = optax.polynomial_schedule(opt.learning_rate, end, opt.poly_power, decay_steps)
+  else:
+    decay = optax.constant_schedule(opt.learning_rate)
+  return optax.join_schedules([warmup, decay], [opt.warmup_steps])
+
+
+def create_optimizer(config, lr_fn):
+  opt = config.optimizer
+  # No weight decay on biases and norm scales (1-d parameters).
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  return optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip_norm),
+      optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+
+
+def padded_num_classes(num_classes, mesh):
+  shards = mesh.shape['model']
+  return -(-num_classes // shards) * shards
+
+
+def init_train_state(config, model, tx, rng, num_classes, mesh):
+  size = config.data.image_size
+  model_rng, head_rng = jax.random.split(rng)
+  variables = model.init(model_rng, jnp.zeros((1, size, size, 3), jnp.uint8), train=False)
+  centers = jax.random.normal(head_rng, (padded_num_classes(num_classes, mesh),
+                                         config.model.embed_dim), jnp.float32) * 0.01
+  params = {'model': variables['params'], 'head': {'centers': centers}}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    nonfinite_steps=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding rules.
+# ---------------------------------------------------------------------------------------------
+
+def _path_str(path):
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def partition_spec(path, leaf, config, mesh):
+  """PartitionSpec of one state leaf, from its name and shape.
+
+  Class centres (and their optimizer moments) are split by rows over 'model'. Everything else is
+  replicated, or under 'fsdp' split over 'data' along its largest dimension that divides evenly
+  (big_vision's fsdp rule), which keeps large backbones' parameters and moments off every device.
+  """
+  name = _path_str(path)
+  shape = getattr(leaf, 'shape', ())
+  if re.search(r'(^|/)centers$', name) and len(shape) == 2:
+    return P('model', None)
+  if config.param_sharding == 'fsdp' and np.prod(shape, dtype=np.int64) >= config.fsdp_min_size:
+    data = mesh.shape['data']
+    for axis in np.argsort(shape)[::-1]:
+      if shape[axis] % data == 0:
+        spec = [None] * len(shape)
+        spec[axis] = 'data'
+        return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, config, mesh):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, partition_spec(path, leaf, config, mesh)),
+      abstract_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Update step.
+# ---------------------------------------------------------------------------------------------
+
+def head_loss(config, embeddings, labels, centers, num_classes, rng):
+  """The margin-softmax head: dense by default, PartialFC when config.loss.partial_fc."""
+  del rng  # used by PartialFC's sampling
+  if config.loss.partial_fc:
+    raise NotImplementedError('config.loss.partial_fc=True: the sharded PartialFC head is not built '
+                              'yet (losses/partial_fc.py); use config.loss.partial_fc=False')
+  return margin.dense_margin_loss(embeddings, labels, centers, config.loss, num_classes)
+
+
+def make_train_step(config, model, tx, lr_fn, num_classes):
+  """(state, batch, rng) -> (state, metrics). A non-finite loss or gradient skips the update."""
+
+  def train_step(state, batch, rng):
+    step_rng = jax.random.fold_in(rng, state.step)
+    dropout_rng, head_rng = jax.random.split(step_rng)
+
+    def loss_fn(params):
+      embeddings, new_model_state = model.apply(
+          {'params': params['model'], 'batch_stats': state.batch_stats}, batch['image'],
+          train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+      loss, metrics = head_loss(config, embeddings, batch['label'], params['head']['centers'],
+                                num_classes, head_rng)
+      # ---- distillation hook (issue 5): teacher features from batch['teacher_image'] ----
+      return loss, (new_model_state['batch_stats'], metrics)
+
+    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        batch_stats=keep(batch_stats, state.batch_stats),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_fn(state.step))
+    return new_state, metrics
+
+  return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+def create_checkpoint_manager(config, workdir):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=config.keep_checkpoints, create=True,
+      enable_async_checkpointing=config.async_checkpointing)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
+                               options=options)
+
+
+def restore_latest(manager, state, shardings):
+  """The latest checkpoint restored onto `shardings`, or `state` when there is none."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except ValueError as e:  # shapes changed: another model or class count
+    raise RunStopped(f'checkpoint at step {step} in {manager.directory} does not fit this config '
+                     f'(model or number of classes changed?): {str(e).splitlines()[0]}') from None
+
+
+def write_config(config, workdir):
+  """config.json next to the checkpoints (inference rebuilds the model from it); atomic."""
+  os.makedirs(workdir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=workdir, suffix='.tmp')
+  with os.fdopen(fd, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, os.path.join(workdir, 'config.json'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop.
+# ---------------------------------------------------------------------------------------------
+
+def global_batch(batch, sharding):
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def train_and_evaluate(config, workdir):
+  """Trains, evaluates and checkpoints; resumes from the latest checkpoint in workdir."""
+  validate_config(config)
+  mesh = create_mesh(config)
+  logging.info('Mesh %s over %d devices, %d processes', dict(mesh.shape), jax.device_count(),
+               jax.process_count())
+  if jax.process_index() == 0:
+    write_config(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # ---- Model, optimizer, state ----
+  model = build_model(config.model)
+  lr_fn = create_learning_rate_fn(config)
+  tx = create_optimizer(config, lr_fn)
+  manager = create_checkpoint_manager(config, workdir)
+  start_step = manager.latest_step() or 0
+
+  # ---- Input ----
+  train_iter, num_classes = train_data.create_train_iterator(
+      config, start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  logging.info('Training on %d classes', num_classes)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  init_fn = functools.partial(init_train_state, config, model, tx, num_classes=num_classes,
+                              mesh=mesh)
+  abstract_state = jax.eval_shape(init_fn, init_rng)
+  shardings = state_shardings(abstract_state, config, mesh)
+  state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+  state = restore_latest(manager, state, shardings)
+  if start_step:
+    logging.info('Resumed from checkpoint at step %d', start_step)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params['model']))
+  writer.write_hparams({'num_params': num_params, 'num_classes': num_classes})
+
+  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+  replicated = NamedSharding(mesh, P())
+  train_step = jax.jit(
+      make_train_step(config, model, tx, lr_fn, num_classes),
+      in_shardings=(shardings, batch_sharding, replicated),
+      out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+  eval_sets = evaluators.build_eval_sets(config)
+  embed_fn = evaluators.make_embed_fn(model, mesh, batch_sharding)
+
+  # ---- Loop ----
+  report_progress = periodic_actions.ReportProgress(
+      num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
+  last_log_time, last_log_step = time.time(), start_step
+  metrics_history = []
+
+  def check_finite(step):
+    bad = int(jax.device_get(state.nonfinite_steps))
+    if bad:
+      last_good = manager.latest_step()
+      raise RunStopped(
+          f'loss or gradient became NaN/Inf (at or before step {step}); stopping. Parameters were '
+          f'not updated by those steps; last good checkpoint: step {last_good} in {workdir} '
+          f'(left intact).')
+
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = global_batch(next(train_iter), batch_sharding)
+      state, metrics = train_step(state, batch, step_rng)
+    metrics_history.append(metrics)
+    report_progress(step)
+
+    if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      check_finite(step)
+      summary = {f'train/{k}': float(np.mean([jax.device_get(m[k]) for m in metrics_history]))
+                 for k in metrics_history[0]}
+      now = time.time()
+      summary['train/images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log_time)
+      writer.write_scalars(step, summary)
+      last_log_time, last_log_step, metrics_history = now, step, []
+
+    if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      with report_progress.timed('eval'):
+        variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
+        for name, figures in evaluators.run(eval_sets, embed_fn, variables, config.eval_batch_size):
+          writer.write_scalars(step, {f'eval/{name}/{k}': v for k, v in figures.items()})
+      last_log_time = time.time()  # eval time is not training throughput
+
+    if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+      check_finite(step)
+      with report_progress.timed('checkpoint'):
+        manager.save(step, args=ocp.args.StandardSave(state))
+
+  manager.wait_until_finished()
+  manager.close()
+  writer.flush()
+  return state
