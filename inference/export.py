@@ -1,0 +1,84 @@
+"""Export the embedding function (uint8 images -> L2-normalised embeddings) for serving.
+
+Two artefacts in one folder, each with the same metadata JSON beside it (fingerprint, embed
+width, preprocessing, model config), so a registry built with the checkpoint accepts both:
+- embedder.jaxexport: `jax.export` serialisation, batch dimension symbolic; needs jax only.
+- embedder.onnx: converted with jax2onnx (a direct jaxpr -> ONNX converter; no TF round trip),
+  batch dimension symbolic; runs with onnxruntime alone (inference/onnx_model.py).
+Each artefact is checked against the JAX model on the same images; the max abs difference is
+returned and printed by the CLI.
+"""
+import contextlib
+import io
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from inference.atomic import write_bytes_atomic, write_json_atomic
+from inference.model import EXPORT_STEM, load_jax_export, make_embed_fn
+from models.embedder import build_model
+
+
+def _embed_fn(model_config, variables):
+  model = build_model(ml_collections.ConfigDict(model_config))
+  return make_embed_fn(model, jax.tree.map(jnp.asarray, variables))
+
+
+def export_jax(fn, image_size, path):
+  batch = jax.export.symbolic_shape('b')[0]
+  spec = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8)
+  exported = jax.export.export(jax.jit(fn))(spec)
+  write_bytes_atomic(path, bytes(exported.serialize()))
+
+
+def export_onnx(fn, image_size, path):
+  from inference.atomic import write_with_atomic
+  # jax2onnx prints debug lines to stdout and logs plugin import noise: keep the CLI's
+  # stdout clean (it may be JSON) and its stderr readable.
+  for name in ('jax2onnx', 'onnx_ir'):
+    logging.getLogger(name).setLevel(logging.ERROR)
+  with contextlib.redirect_stdout(io.StringIO()):
+    from jax2onnx import to_onnx  # export-time only dependency
+    spec = jax.ShapeDtypeStruct(('B', image_size, image_size, 3), jnp.uint8)
+    proto = to_onnx(fn, [spec], model_name='embedder', input_names=['images'],
+                    output_names=['embeddings'])
+  write_with_atomic(path, lambda tmp: open(tmp, 'wb').write(proto.SerializeToString()))
+
+
+def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images=None):
+  """Writes the artefacts; returns {'jax': {...}, 'onnx': {...}} with paths and parity figures.
+
+  embedding_model: loaded from a checkpoint or variables (inference/model.py), so it carries
+  its variables; it also gives the metadata and the reference embeddings for the parity check.
+  check_images: uint8 [N, S, S, 3]; random if None.
+  """
+  if embedding_model.variables is None:
+    raise ValueError(f'{embedding_model.source}: export needs a checkpoint, not an artefact')
+  size = embedding_model.preprocessing['image_size']
+  fn = _embed_fn(embedding_model.model_config, embedding_model.variables)
+  if check_images is None:
+    check_images = np.random.RandomState(0).randint(0, 256, (4, size, size, 3), np.uint8)
+  reference = embedding_model.embed(check_images)
+  os.makedirs(out_dir, exist_ok=True)
+  results = {}
+  for fmt in formats:
+    ext = {'jax': '.jaxexport', 'onnx': '.onnx'}[fmt]
+    path = os.path.join(out_dir, EXPORT_STEM + ext)
+    # Metadata first: the loaders below read it, and it is identical for both artefacts.
+    write_json_atomic(os.path.join(out_dir, EXPORT_STEM + '.json'), embedding_model.metadata())
+    if fmt == 'jax':
+      export_jax(fn, size, path)
+      loaded = load_jax_export(path)
+    else:
+      export_onnx(fn, size, path)
+      from inference.onnx_model import load_onnx
+      loaded = load_onnx(path)
+    got = loaded.embed(check_images)
+    results[fmt] = {'path': path, 'bytes': os.path.getsize(path),
+                    'max_abs_diff': float(np.abs(got - reference).max()),
+                    'check_images': int(len(check_images))}
+  return results

@@ -1,0 +1,138 @@
+"""Loading a trained embedder for inference (JAX side).
+
+Three sources, one result (inference.embedding.EmbeddingModel):
+- a training workdir: workdir/config.json + the latest orbax checkpoint in workdir/checkpoints;
+  only params['model'] and batch_stats are restored (no optimizer state shapes needed);
+- a `jax.export` artefact written by inference/export.py (`*.jaxexport` + its `.json`);
+- an ONNX file, through inference/onnx_model.py (no JAX needed there).
+"""
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from inference.embedding import EmbeddingModel, read_export_metadata
+from inference.images import InputError, default_preprocessing
+from models.embedder import build_model
+
+EXPORT_STEM = 'embedder'  # export_dir/embedder.{jaxexport,onnx,json}
+
+
+def model_fingerprint(variables, model_config, preprocessing):
+  """sha256 of the parameter bytes (in tree order, with paths, shapes, dtypes), the model
+  config and the preprocessing: two models agree on it only if they embed identically."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    leaf = np.asarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape};'.encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  h.update(json.dumps(model_config, sort_keys=True).encode())
+  h.update(json.dumps(preprocessing, sort_keys=True).encode())
+  return h.hexdigest()[:16]
+
+
+def make_embed_fn(model, variables):
+  """uint8 [B, S, S, 3] -> float32 [B, D] L2-normalised; variables are closed over (constants),
+  which is also what export.py serialises."""
+  def embed(images):
+    e = model.apply(variables, images, train=False).astype(jnp.float32)
+    return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+  return embed
+
+
+def from_variables(model_config, variables, image_size, *, preprocessing=None, source=''):
+  """An EmbeddingModel from a model config and {'params', 'batch_stats'} variables."""
+  model_config = ml_collections.ConfigDict(model_config)
+  preprocessing = preprocessing or default_preprocessing(image_size)
+  variables = jax.tree.map(np.asarray, variables)
+  model = build_model(model_config)
+  fn = jax.jit(make_embed_fn(model, variables))
+  config_dict = model_config.to_dict()
+  return EmbeddingModel(
+      batch_fn=fn, preprocessing=preprocessing, embed_dim=int(model_config.embed_dim),
+      fingerprint=model_fingerprint(variables, config_dict, preprocessing), source=source,
+      model_config=config_dict, variables=variables)
+
+
+def abstract_variables(model_config, image_size):
+  """Shapes/dtypes of {'params', 'batch_stats'} without allocating them."""
+  model = build_model(model_config)
+  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
+
+
+def read_workdir_config(workdir):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise InputError(f'{workdir}: no config.json (not a training workdir)')
+  with open(path) as f:
+    try:
+      return ml_collections.ConfigDict(json.load(f))
+    except json.JSONDecodeError as e:
+      raise InputError(f'{path}: not valid JSON ({e})') from None
+
+
+def load_checkpoint(workdir, step=None):
+  """Latest (or given) checkpoint of a training workdir -> EmbeddingModel."""
+  import orbax.checkpoint as ocp  # imported here: the export/ONNX paths do not need it
+  config = read_workdir_config(workdir)
+  ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  if not os.path.isdir(ckpt_dir):
+    raise InputError(f'{workdir}: no checkpoints/ folder (training has not saved yet?)')
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step() if step is None else step
+  if step is None or step not in manager.all_steps():
+    raise InputError(f'{ckpt_dir}: no finished checkpoint'
+                     + (f' at step {step}' if step is not None else ''))
+  image_size = int(config.data.image_size)
+  abstract = abstract_variables(config.model, image_size)
+  # The TrainState keeps the backbone+embedding params under params['model'] (the margin head's
+  # centres sit beside them and are not needed here). Restore just these leaves, as numpy.
+  target = {'params': {'model': abstract['params']}}
+  if 'batch_stats' in abstract:
+    target['batch_stats'] = abstract['batch_stats']
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  try:
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise InputError(f'{ckpt_dir}: step {step} does not match config.json\'s model '
+                     f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+  variables = {'params': restored['params']['model']}
+  if 'batch_stats' in restored:
+    variables['batch_stats'] = restored['batch_stats']
+  return from_variables(config.model, variables, image_size,
+                        source=f'{workdir} (step {step})')
+
+
+def load_jax_export(path):
+  """A `*.jaxexport` written by inference/export.py -> EmbeddingModel (no flax model needed)."""
+  meta = read_export_metadata(path)
+  with open(path, 'rb') as f:
+    exported = jax.export.deserialize(bytearray(f.read()))
+  return EmbeddingModel(
+      batch_fn=jax.jit(exported.call), preprocessing=meta['preprocessing'],
+      embed_dim=int(meta['embed_dim']), fingerprint=meta['fingerprint'], source=path,
+      model_config=meta.get('model_config', {}))
+
+
+def load_model(path):
+  """Dispatch on what `path` is: training workdir, export folder, .jaxexport or .onnx file."""
+  if os.path.isdir(path):
+    if os.path.isfile(os.path.join(path, 'config.json')):
+      return load_checkpoint(path)
+    for ext in ('.jaxexport', '.onnx'):
+      candidate = os.path.join(path, EXPORT_STEM + ext)
+      if os.path.isfile(candidate):
+        return load_model(candidate)
+    raise InputError(f'{path}: neither a training workdir (config.json) nor an export folder')
+  if path.endswith('.jaxexport') and os.path.isfile(path):
+    return load_jax_export(path)
+  if path.endswith('.onnx') and os.path.isfile(path):
+    from inference.onnx_model import load_onnx
+    return load_onnx(path)
+  raise InputError(f'{path}: no such workdir or model artefact (.jaxexport / .onnx)')

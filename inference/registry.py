@@ -1,0 +1,266 @@
+"""The registry of document types: labelled reference embeddings, a threshold, a model identity.
+
+A label is a type ('A') or a type with one sub-label ('A/glare'); every entry is one registered
+image. Classification is nearest-entry (cosine) over all entries, so a sub-label's answer
+carries both 'A/glare' and its type 'A'. Below the calibrated threshold the answer is 'unknown'.
+
+File format: one .npz (allow_pickle=False) with `embeddings` float32 [N, D] and `meta_json`
+(utf-8 JSON as uint8: labels, sources, content hashes, model fingerprint, preprocessing,
+threshold). Written atomically; loading it beside a different model is an error.
+numpy only (plus Pillow through inference.images), so it works next to the ONNX runtime.
+"""
+import hashlib
+import io
+import os
+import unicodedata
+
+import numpy as np
+
+from inference import images as images_lib
+from inference.atomic import write_bytes_atomic
+from inference.images import InputError, label_type, split_label
+from inference.search import EntryIndex
+
+FORMAT_VERSION = 1
+UNKNOWN = 'unknown'
+# Two entries under different labels scoring above this are reported as near-duplicates.
+NEAR_DUPLICATE_SCORE = 0.995
+
+
+def pixel_hash(image):
+  return hashlib.sha256(np.ascontiguousarray(image, np.uint8).tobytes()).hexdigest()[:20]
+
+
+def label_key(label):
+  """Labels that differ only by case, unicode form or spacing are 'the same' to a person."""
+  return ' '.join(unicodedata.normalize('NFKC', label).casefold().split())
+
+
+class Registry:
+  """Registered entries for one embedding model. See module docstring."""
+
+  def __init__(self, fingerprint, embed_dim, preprocessing, model=None):
+    self.fingerprint = fingerprint
+    self.embed_dim = int(embed_dim)
+    self.preprocessing = dict(preprocessing)
+    self.embeddings = np.zeros((0, self.embed_dim), np.float32)
+    self.labels, self.sources, self.hashes = [], [], []
+    self.threshold = None        # score >= threshold is accepted
+    self.calibration = {}        # how the threshold was set (target FPR, pairs, ...)
+    self.model = None
+    self._index = None
+    if model is not None:
+      self.attach_model(model)
+
+  @classmethod
+  def for_model(cls, model):
+    return cls(model.fingerprint, model.embed_dim, model.preprocessing, model=model)
+
+  def attach_model(self, model):
+    if model.fingerprint != self.fingerprint or model.embed_dim != self.embed_dim:
+      raise InputError(
+          f'registry was built with model {self.fingerprint} (dim {self.embed_dim}), not with '
+          f'{model.fingerprint} (dim {model.embed_dim}) from {model.source or "?"}: re-register')
+    if model.preprocessing != self.preprocessing:
+      raise InputError(f'registry preprocessing {self.preprocessing} != model\'s '
+                       f'{model.preprocessing}')
+    self.model = model
+
+  # ---- contents ----
+  def __len__(self):
+    return len(self.labels)
+
+  @property
+  def threshold_fpr(self):
+    return self.calibration.get('target_fpr')
+
+  def list(self):
+    """[{'label', 'type', 'sub_label', 'entries'}] sorted by label."""
+    counts = {}
+    for label in self.labels:
+      counts[label] = counts.get(label, 0) + 1
+    out = []
+    for label in sorted(counts):
+      doc_type, sub = split_label(label)
+      out.append({'label': label, 'type': doc_type, 'sub_label': sub, 'entries': counts[label]})
+    return out
+
+  def add_embeddings(self, label, embeddings, sources=None, hashes=None):
+    """Registers rows of `embeddings` (normalised here) under `label`; returns a report dict.
+
+    Reported, not refused: the label already existed (entries appended), labels that differ
+    only in case/spacing, the same image under another label (exact pixels or near-duplicate
+    embedding). The same image twice under the same label is skipped.
+    """
+    split_label(label)
+    emb = np.asarray(embeddings, np.float32).reshape(-1, self.embed_dim)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    n = len(emb)
+    sources = list(sources) if sources is not None else [''] * n
+    hashes = list(hashes) if hashes is not None else [''] * n
+    report = {'label': label, 'added': 0, 'skipped_duplicates': 0,
+              'label_existed': label in self.labels, 'similar_labels': [],
+              'duplicate_images': []}
+    key = label_key(label)
+    report['similar_labels'] = sorted({l for l in self.labels if l != label and label_key(l) == key})
+    hash_to_labels = {}
+    for h, l in zip(self.hashes, self.labels):
+      if h:
+        hash_to_labels.setdefault(h, set()).add(l)
+    keep = []
+    for i in range(n):
+      others = hash_to_labels.get(hashes[i], set()) if hashes[i] else set()
+      if label in others:
+        report['skipped_duplicates'] += 1
+        continue
+      for other in sorted(others):
+        report['duplicate_images'].append({'source': sources[i], 'other_label': other,
+                                           'kind': 'identical pixels'})
+      keep.append(i)
+      if hashes[i]:
+        hash_to_labels.setdefault(hashes[i], set()).add(label)
+    if keep and len(self.embeddings):
+      scores = emb[keep] @ self.embeddings.T
+      other_label = np.array([l != label for l in self.labels])
+      for row, i in enumerate(keep):
+        for j in np.flatnonzero((scores[row] >= NEAR_DUPLICATE_SCORE) & other_label):
+          if hashes[i] and hashes[i] == self.hashes[j]:
+            continue  # already reported as identical
+          report['duplicate_images'].append({
+              'source': sources[i], 'other_label': self.labels[j],
+              'kind': f'near-duplicate (score {scores[row, j]:.4f})'})
+    self.embeddings = np.concatenate([self.embeddings, emb[keep]])
+    self.labels += [label] * len(keep)
+    self.sources += [sources[i] for i in keep]
+    self.hashes += [hashes[i] for i in keep]
+    report['added'] = len(keep)
+    self._index = None
+    return report
+
+  def add(self, label, images, progress=None):
+    """Registers images (file paths, or uint8 [N, S, S, 3]) under label; needs the model."""
+    pixels, sources = self._pixels(images, progress)
+    emb = self._require_model().embed(pixels)
+    return self.add_embeddings(label, emb, sources, [pixel_hash(p) for p in pixels])
+
+  def remove(self, label):
+    """Removes a label's entries; removing a type removes its sub-labels too. Returns count."""
+    split_label(label)
+    drop = [l == label or (('/' not in label) and label_type(l) == label) for l in self.labels]
+    if not any(drop):
+      raise InputError(f'label {label!r} is not registered')
+    keep = np.flatnonzero(~np.array(drop))
+    self.embeddings = self.embeddings[keep]
+    self.labels = [self.labels[i] for i in keep]
+    self.sources = [self.sources[i] for i in keep]
+    self.hashes = [self.hashes[i] for i in keep]
+    self._index = None
+    return int(sum(drop))
+
+  # ---- classification ----
+  def index(self, backend='auto'):
+    if self._index is None or (backend != 'auto' and self._index.backend != backend):
+      self._index = EntryIndex(self.embeddings, backend)
+    return self._index
+
+  def classify_embeddings(self, embeddings, top_k=1, restrict_type=None, threshold=None):
+    """Normalised query embeddings [Q, D] -> one answer dict per query (see module doc).
+
+    restrict_type: only entries of that type (the type itself and its sub-labels) compete.
+    threshold: overrides the calibrated one; None and uncalibrated means everything passes.
+    """
+    if not len(self):
+      raise InputError('registry is empty: register some types first')
+    queries = np.asarray(embeddings, np.float32).reshape(-1, self.embed_dim)
+    mask = None
+    if restrict_type is not None:
+      mask = np.array([label_type(l) == restrict_type for l in self.labels])
+      if not mask.any():
+        raise InputError(f'type {restrict_type!r} is not registered')
+    threshold = self.threshold if threshold is None else threshold
+    labels = np.array(self.labels, dtype=object)
+    index = self.index()
+    n_candidates = int(mask.sum()) if mask is not None else len(self)
+    k_entries = min(n_candidates, max(top_k * 8, 16))
+    while True:
+      scores, idx = index.search(queries, k_entries, mask)
+      answers = [self._answer(s, i, labels, top_k, threshold) for s, i in zip(scores, idx)]
+      short = any(len(a['top_k']) < top_k for a in answers)
+      if not short or k_entries >= n_candidates:
+        return answers
+      k_entries = min(n_candidates, k_entries * 4)
+
+  def _answer(self, scores, idx, labels, top_k, threshold):
+    best = []
+    for s, i in zip(scores, idx):
+      if i < 0:
+        break
+      label = labels[i]
+      if all(b['label'] != label for b in best):
+        best.append({'label': label, 'type': label_type(label), 'score': float(s)})
+        if len(best) == top_k:
+          break
+    top = best[0]
+    accepted = threshold is None or top['score'] > threshold  # strictly, as calibrated
+    _, sub = split_label(top['label'])
+    return {'label': top['label'] if accepted else UNKNOWN,
+            'type': top['type'] if accepted else None,
+            'sub_label': sub if accepted else None,
+            'score': top['score'], 'accepted': bool(accepted), 'nearest': top['label'],
+            'threshold': threshold, 'top_k': best}
+
+  def classify(self, images, top_k=1, restrict_type=None, threshold=None, progress=None):
+    pixels, _ = self._pixels(images, progress)
+    emb = self._require_model().embed(pixels)
+    return self.classify_embeddings(emb, top_k, restrict_type, threshold)
+
+  # ---- persistence ----
+  def metadata(self):
+    return {'format_version': FORMAT_VERSION, 'fingerprint': self.fingerprint,
+            'embed_dim': self.embed_dim, 'preprocessing': self.preprocessing,
+            'threshold': self.threshold, 'calibration': self.calibration,
+            'labels': self.labels, 'sources': self.sources, 'hashes': self.hashes}
+
+  def save(self, path):
+    import json
+    meta = np.frombuffer(json.dumps(self.metadata()).encode('utf-8'), np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=self.embeddings, meta_json=meta)
+    write_bytes_atomic(path, buf.getvalue())
+
+  @classmethod
+  def load(cls, path, model=None):
+    import json
+    if not os.path.isfile(path):
+      raise InputError(f'{path}: no such registry file')
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        embeddings = np.asarray(f['embeddings'], np.float32)
+        meta = json.loads(bytes(f['meta_json']).decode('utf-8'))
+    except (OSError, ValueError, KeyError) as e:
+      raise InputError(f'{path}: not a registry file ({type(e).__name__}: {e})') from None
+    if meta.get('format_version') != FORMAT_VERSION:
+      raise InputError(f'{path}: registry format {meta.get("format_version")}, '
+                       f'expected {FORMAT_VERSION}')
+    reg = cls(meta['fingerprint'], meta['embed_dim'], meta['preprocessing'])
+    n = len(meta['labels'])
+    if embeddings.shape != (n, reg.embed_dim) or len(meta['sources']) != n:
+      raise InputError(f'{path}: corrupt registry ({embeddings.shape} embeddings, {n} labels)')
+    reg.embeddings, reg.labels = embeddings, list(meta['labels'])
+    reg.sources, reg.hashes = list(meta['sources']), list(meta['hashes'])
+    reg.threshold, reg.calibration = meta['threshold'], meta.get('calibration', {})
+    if model is not None:
+      reg.attach_model(model)
+    return reg
+
+  # ---- helpers ----
+  def _require_model(self):
+    if self.model is None:
+      raise InputError('this registry has no model attached (Registry.load(path, model))')
+    return self.model
+
+  def _pixels(self, images, progress=None):
+    if isinstance(images, np.ndarray):
+      return images, [''] * len(images)
+    loaded = images_lib.load_images(list(images), self.preprocessing, progress=progress)
+    return loaded.images, loaded.paths

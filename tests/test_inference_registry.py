@@ -1,0 +1,147 @@
+"""Registry, sub-labels, calibration, search and bad input, on image folders the tests write.
+
+The embedder here is a fixed random projection of the pixels (an EmbeddingModel like any other,
+numpy only): it separates the test's types by construction, so these tests check the registry's
+logic, not a model's quality. tests/test_inference_model.py runs the real flax model.
+"""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inference.calibration import calibrate_registry
+from inference.embedding import EmbeddingModel
+from inference.images import InputError, default_preprocessing, scan_registration_tree
+from inference.registry import Registry, UNKNOWN
+from inference.search import EntryIndex, top_k_matmul
+
+SIZE = 16
+
+
+def pixel_model(fingerprint='pix0', seed=0):
+  proj = np.random.RandomState(seed).randn(SIZE * SIZE * 3, 24).astype(np.float32)
+
+  def batch_fn(images):
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    e = (x - x.mean(axis=1, keepdims=True)) @ proj
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+  return EmbeddingModel(batch_fn=batch_fn, preprocessing=default_preprocessing(SIZE),
+                        embed_dim=24, fingerprint=fingerprint, source='pixel projection')
+
+
+def capture(doc_type, i, variant=0):
+  """A capture of a 'document type': a random 4x4 colour layout, brightness and noise vary."""
+  layout = np.random.RandomState(doc_type).randint(0, 256, (4, 4, 3)).astype(np.float32)
+  if variant:  # a sub-label: the same type with a patch changed (e.g. a stamp / damage)
+    layout[0, 0] = 255 - layout[0, 0]
+  rng = np.random.RandomState(1000 * doc_type + 10 * variant + i)
+  x = np.kron(layout, np.ones((4, 4, 1))) * rng.uniform(0.95, 1.05) + rng.normal(0, 3, (16, 16, 3))
+  return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write(path, image):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image).save(path)
+
+
+@pytest.fixture()
+def tree(tmp_path):
+  root = tmp_path / 'register'
+  for t in range(5):
+    write(str(root / f'T{t}' / 'ref.png'), capture(t, 0))
+  write(str(root / 'T0' / 'glare' / 'ref.png'), capture(0, 0, variant=1))
+  return str(root)
+
+
+def test_register_classify_subtypes_calibrate_unknown_roundtrip(tree, tmp_path):
+  model = pixel_model()
+  reg = Registry.for_model(model)
+  for label, path in scan_registration_tree(tree):
+    reg.add(label, [path])
+  assert [e['label'] for e in reg.list()] == ['T0', 'T0/glare', 'T1', 'T2', 'T3', 'T4']
+  # Add a type later: no retraining, just another registration.
+  write(str(tmp_path / 'late' / 'a.png'), capture(5, 0))
+  assert reg.add('T5', [str(tmp_path / 'late' / 'a.png')])['added'] == 1
+
+  queries = np.stack([capture(t, 7) for t in range(6)] + [capture(0, 7, variant=1)])
+  answers = reg.classify(queries, top_k=2)
+  assert [a['label'] for a in answers] == ['T0', 'T1', 'T2', 'T3', 'T4', 'T5', 'T0/glare']
+  assert answers[-1]['type'] == 'T0' and answers[-1]['sub_label'] == 'glare'
+  assert len(answers[0]['top_k']) == 2 and answers[0]['top_k'][0]['score'] >= answers[0]['top_k'][1]['score']
+  # Restricted to one type's sub-labels: a T3 capture can only answer T0 or T0/glare.
+  restricted = reg.classify(queries[3:4], restrict_type='T0')[0]
+  assert restricted['nearest'].split('/')[0] == 'T0'
+
+  # Calibrate on a labelled set of registered and unregistered types (types 0..5 and 10..29).
+  cal_types = list(range(6)) + list(range(10, 30))
+  cal = np.stack([capture(t, 20 + i) for t in cal_types for i in range(3)])
+  cal_labels = [f'T{t}' for t in cal_types for _ in range(3)]
+  result = calibrate_registry(reg, model.embed(cal), cal_labels, target_fpr=1e-3)
+  assert result['impostor_pairs'] > 1000 and result['achieved_fpr'] <= 1e-3
+  assert reg.threshold == result['threshold'] and reg.threshold_fpr == 1e-3
+  # An unregistered type (never seen in calibration either) is 'unknown'; known ones still pass.
+  unknown = reg.classify(np.stack([capture(t, 50) for t in (40, 41, 42)]))
+  assert all(a['label'] == UNKNOWN and not a['accepted'] for a in unknown), unknown
+  known = reg.classify(queries)
+  assert sum(a['accepted'] for a in known) >= 6
+
+  path = str(tmp_path / 'reg.npz')
+  reg.save(path)
+  back = Registry.load(path, model)
+  assert back.labels == reg.labels and back.threshold == reg.threshold
+  np.testing.assert_array_equal(back.embeddings, reg.embeddings)
+  assert [a['label'] for a in back.classify(queries)] == [a['label'] for a in known]
+
+  # Remove a type: its sub-labels go with it.
+  assert back.remove('T0') == 2 and 'T0/glare' not in back.labels
+
+
+def test_duplicates_reported_and_other_model_refused(tree, tmp_path):
+  model = pixel_model()
+  reg = Registry.for_model(model)
+  ref = os.path.join(tree, 'T1', 'ref.png')
+  reg.add('T1', [ref])
+  report = reg.add('t1', [ref])  # same image, label differing only by case
+  assert report['similar_labels'] == ['T1']
+  assert report['duplicate_images'][0]['other_label'] == 'T1'
+  again = reg.add('T1', [ref])
+  assert again['label_existed'] and again['skipped_duplicates'] == 1 and again['added'] == 0
+
+  path = str(tmp_path / 'reg.npz')
+  reg.save(path)
+  before = open(path, 'rb').read()
+  with pytest.raises(InputError, match='registry was built with model pix0'):
+    Registry.load(path, pixel_model(fingerprint='other', seed=1))
+  with pytest.raises(InputError, match='path separator'):
+    reg.add('a\\b', [ref])
+  with pytest.raises(InputError, match='control characters'):
+    reg.add('bad\nname', [ref])
+  bad = tmp_path / 'notimage.png'
+  bad.write_text('hello')
+  with pytest.raises(InputError, match='not a readable image'):
+    reg.add('T2', [str(bad)])
+  assert open(path, 'rb').read() == before  # failed operations never touch the file
+  (tmp_path / 'garbage.npz').write_bytes(b'not a zip')
+  with pytest.raises(InputError, match='not a registry file'):
+    Registry.load(str(tmp_path / 'garbage.npz'))
+  with pytest.raises(InputError, match='no images'):
+    os.makedirs(tmp_path / 'empty')
+    scan_registration_tree(str(tmp_path / 'empty'))
+
+
+def test_search_backends_agree_with_brute_force():
+  rng = np.random.RandomState(0)
+  db = rng.randn(3000, 16).astype(np.float32)
+  db /= np.linalg.norm(db, axis=1, keepdims=True)
+  q = rng.randn(5, 16).astype(np.float32)
+  want = np.argsort(-(q @ db.T), axis=1)[:, :7]
+  s, i = top_k_matmul(q, db, 7, chunk=500)  # several chunks
+  np.testing.assert_array_equal(i, want)
+  mask = np.arange(3000) % 3 == 0
+  _, im = EntryIndex(db, 'numpy').search(q, 4, mask)
+  assert (im % 3 == 0).all()
+  pytest.importorskip('faiss', reason='faiss-cpu is optional (requirements-dev.txt)')
+  _, fi = EntryIndex(db, 'faiss').search(q, 7)
+  np.testing.assert_array_equal(fi, want)
