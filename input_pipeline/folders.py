@@ -52,7 +52,7 @@ class ScanReport:
     return '\n'.join(lines)
 
 
-def _list_files(root):
+def list_files(root):
   """Sorted relative paths of all files under root (hidden files and folders ignored)."""
   found = []
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -77,7 +77,7 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
         'one sub-folder per document type.')
   types = sorted(d for d in os.listdir(root)
                  if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
-  files = _list_files(root)
+  files = list_files(root)
   skipped = []
   candidates = []
   for rel in files:
@@ -130,6 +130,7 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
 def apply_view(image, view):
   """View v of 24: part = v % 3 (whole, top half, bottom half), flip = v // 3 % 2, rot = v // 6."""
   h = tf.shape(image)[0]
+  view = tf.cast(view, tf.int32)
   part = view % 3
   image = tf.switch_case(part, [
       lambda: image,
