@@ -35,6 +35,61 @@ def get_config(arg=None):
   c.data.synthetic.heldout_templates = 50  # never trained on: the in-training eval set
   c.data.synthetic.heldout_captures = 4
   c.data.prefetch = 2
+  # -- issue 4 (input pipelines): real sources and document augmentation; each source's
+  # options live in the block of its name (see input_pipeline/<source>.py).
+  # ImageNet-1k train split, every image its own class (prepared by the user with tfds).
+  c.data.imagenet_per_image = ml_collections.ConfigDict()
+  c.data.imagenet_per_image.data_dir = ''          # '' -> $TFDS_DATA_DIR (local or gs://)
+  c.data.imagenet_per_image.tfds_name = 'imagenet2012'
+  c.data.imagenet_per_image.label_mode = 'image'   # image (1,281,167 classes) | original (1000)
+  c.data.imagenet_per_image.keep_original_label = False  # adds 'original_label' to batches
+  c.data.imagenet_per_image.shuffle_buffer = 10_000  # encoded images (~110 kB each) per host
+  c.data.imagenet_per_image.num_examples = 0       # 0: the whole split
+  # Document images in root/<type>/<image> (or root/<type>/<sub-label>/.../<image>).
+  c.data.folder = ml_collections.ConfigDict()
+  c.data.folder.root = ''
+  c.data.folder.label_mode = 'type'   # type | leaf | image | view (image x 24 views)
+  c.data.folder.verify = 'full'       # full: decode every file at start | header: faster start
+  c.data.folder.max_pixels = 100_000_000  # larger images are skipped (decompression bombs)
+  c.data.folder.decode_max_side = 0   # 0: 2 * image_size (JPEGs decode at reduced scale)
+  # Pages of the PDFs under root, each page a class; rendered once into cache_dir.
+  c.data.pdf = ml_collections.ConfigDict()
+  c.data.pdf.root = ''
+  c.data.pdf.label_mode = 'page'      # page | view | document
+  c.data.pdf.cache_dir = ''           # '' -> ~/.cache/doc_embed/pdf_pages
+  c.data.pdf.render_side = 0          # px, longest side; 0: 2 * image_size
+  c.data.pdf.max_pages = 0            # per PDF; 0: all
+  # Document augmentation for the imagenet/folder/pdf sources (the synthetic source makes its
+  # own captures). Each op: probability per example, and a strength (input_pipeline/augment.py).
+  a = c.data.augment = ml_collections.ConfigDict()
+  a.enabled = True
+  a.crop_min_scale = 0.35           # random resized crop: kept fraction of the area
+  a.crop_max_ratio = 4.0 / 3.0      # aspect ratio in [1/r, r]
+  a.rotate_prob = 0.5
+  a.rotate_max_deg = 12.0
+  a.perspective_prob = 0.3
+  a.perspective_strength = 0.1      # corner jitter, fraction of the crop side
+  a.color_prob = 0.8
+  a.brightness = 0.2                # +- fraction of 255
+  a.contrast = 0.3                  # factor in [1 - c, 1 + c]
+  a.saturation = 0.4
+  a.hue = 0.04                      # fraction of a full turn
+  a.grayscale_prob = 0.1
+  a.sepia_prob = 0.05
+  a.channel_shuffle_prob = 0.05
+  a.invert_prob = 0.02
+  a.shadow_prob = 0.2
+  a.shadow_strength = 0.55          # max darkening of the shadowed side
+  a.glare_prob = 0.15
+  a.glare_strength = 0.7            # peak brightening (glare / sun flare), fraction of 255
+  a.occlusion_prob = 0.1
+  a.occlusion_max_size = 0.35       # max side of the occluding box, fraction of the image
+  a.blur_prob = 0.25
+  a.blur_strength = 1.5             # px: gaussian sigma / defocus radius / half motion length
+  a.noise_prob = 0.25
+  a.noise_strength = 0.06           # gaussian / ISO sigma, fraction of 255
+  a.jpeg_prob = 0.3
+  a.jpeg_min_quality = 25
 
   # ---- Model ----
   c.model = ml_collections.ConfigDict()

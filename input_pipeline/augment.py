@@ -8,47 +8,11 @@ a resumed run sees exactly the pixels an uninterrupted run would have seen.
 Geometry is ONE projective warp (random resized crop + shift + rotation + perspective, straight
 to the output resolution), so the expensive per-pixel work happens once, at the output size.
 Photometric ops then run at image_size. Each op has a probability `<op>_prob` and a strength in
-`cfg` (the `c.data.augment` block; `default_config()` below is the proposed default).
+`cfg`, the `c.data.augment` block of configs/default.py, which documents each field.
 """
 import math
 
-import ml_collections
 import tensorflow as tf
-
-
-def default_config():
-  """The `c.data.augment` block. Probabilities are per example; strengths say how far each goes."""
-  a = ml_collections.ConfigDict()
-  a.enabled = True
-  # Random resized crop: kept fraction of the image area and log-symmetric aspect-ratio range.
-  a.crop_min_scale = 0.35
-  a.crop_max_ratio = 4.0 / 3.0
-  a.rotate_prob = 0.5
-  a.rotate_max_deg = 12.0
-  a.perspective_prob = 0.3
-  a.perspective_strength = 0.1      # corner jitter, fraction of the crop side
-  a.color_prob = 0.8
-  a.brightness = 0.2                # +- fraction of 255
-  a.contrast = 0.3                  # factor in [1 - c, 1 + c]
-  a.saturation = 0.4
-  a.hue = 0.04
-  a.grayscale_prob = 0.1
-  a.sepia_prob = 0.05
-  a.channel_shuffle_prob = 0.05
-  a.invert_prob = 0.02
-  a.shadow_prob = 0.2
-  a.shadow_strength = 0.55          # max darkening of the shadowed side
-  a.glare_prob = 0.15
-  a.glare_strength = 0.7            # peak brightening, fraction of 255
-  a.occlusion_prob = 0.1
-  a.occlusion_max_size = 0.35       # max side of the occluding box, fraction of image
-  a.blur_prob = 0.25
-  a.blur_strength = 1.5             # gaussian sigma / defocus radius / half motion length, px
-  a.noise_prob = 0.25
-  a.noise_strength = 0.06           # gaussian/ISO sigma, fraction of 255
-  a.jpeg_prob = 0.3
-  a.jpeg_min_quality = 25
-  return a
 
 
 # Fixed kernel size for all blurs: static shapes, one depthwise conv whatever the draw.

@@ -1,24 +1,34 @@
 """Training input: builds the configured sources and yields this host's share of each global batch.
 
-Batches are a pure function of (seed, step): example indices for step s on process p are
-s * global_batch + p * local_batch + [0, local_batch). Resuming at step s therefore continues the
-exact stream an uninterrupted run would have seen.
+Batches are a pure function of (seed, step): every source is an index-addressed stream per
+process and input_pipeline/mixing.py gives each source a fixed quota of every batch, so resuming at
+step s continues the exact stream an uninterrupted run would have seen.
 """
 import tensorflow as tf
 
+from input_pipeline import folders
+from input_pipeline import imagenet
+from input_pipeline import mixing
+from input_pipeline import pdf
 from input_pipeline import synthetic
 
-SOURCES = ('synthetic',)
+SOURCES = ('synthetic', 'imagenet_per_image', 'folder', 'pdf')
+# Sources of issue 4; each make_source(source_config, ...) returns (stream, num_classes).
+_FILE_SOURCES = {'imagenet_per_image': imagenet, 'folder': folders, 'pdf': pdf}
 
 
-def _synthetic_dataset(config, first_index, local_batch, global_batch):
+def _synthetic_dataset(config, start_index, process_index, local_batch, global_batch):
+  """This process's stream of captures, from element start_index on.
+
+  Element e is capture (e // local) * global + process * local + e % local: unique over
+  processes, and with synthetic as the only source the processes' batches are exactly the
+  slices of the single-process global batch.
+  """
   syn = config.data.synthetic
   docs = synthetic.SyntheticDocuments(synthetic.train_templates(syn), syn.seed,
                                       syn.template_size, config.data.image_size)
-  steps = tf.data.Dataset.range(first_index // global_batch, 2**62)
-  offset = first_index % global_batch
-  ds = steps.flat_map(lambda s: tf.data.Dataset.range(
-      s * global_batch + offset, s * global_batch + offset + local_batch))
+  ds = tf.data.Dataset.range(start_index, 2**62).map(
+      lambda e: e // local_batch * global_batch + process_index * local_batch + e % local_batch)
   ds = ds.map(docs.example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds, docs.num_classes
 
@@ -31,8 +41,22 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
   unknown = [s for s in sources if s not in SOURCES]
   if unknown:
     raise ValueError(f'config.data.sources: {unknown} not built yet (available: {SOURCES})')
-  first_index = start_step * global_batch + process_index * local_batch
-  ds, num_classes = _synthetic_dataset(config, first_index, local_batch, global_batch)
+  # Each source is a per-process stream; mixing gives source s a fixed quota of every batch,
+  # so where each stream resumes is known from start_step alone (see input_pipeline/mixing.py).
+  starts = mixing.consumed_before(config.data.weights, local_batch, start_step)
+  streams, class_counts = [], []
+  for name, start in zip(sources, starts):
+    if name == 'synthetic':
+      ds, n = _synthetic_dataset(config, start, process_index, local_batch, global_batch)
+    else:
+      ds, n = _FILE_SOURCES[name].make_source(
+          config.data[name], image_size=config.data.image_size, seed=config.seed,
+          process_index=process_index, process_count=process_count, start_index=start,
+          augment_config=config.data.augment)
+    streams.append(ds)
+    class_counts.append(n)
+  ds, num_classes = mixing.mix(streams, class_counts, config.data.weights,
+                               local_batch=local_batch, start_step=start_step, seed=config.seed)
   ds = ds.batch(local_batch, drop_remainder=True)
   options = tf.data.Options()
   options.deterministic = True

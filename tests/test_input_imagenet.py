@@ -1,10 +1,9 @@
 """ImageNet source on tfds.testing.mock_data: one class per image, resumable, split by process."""
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline import augment
+from configs import default
 from input_pipeline import image_io
 from input_pipeline import imagenet
 
@@ -12,8 +11,8 @@ N = 12
 
 
 def _cfg(**kw):
-  c = ml_collections.ConfigDict({'data_dir': '', 'label_mode': 'image', 'shuffle_buffer': 8,
-                                 'num_examples': N, 'keep_original_label': False})
+  c = default.get_config().data.imagenet_per_image
+  c.shuffle_buffer, c.num_examples = 8, N
   c.update(kw)
   return c
 
@@ -23,7 +22,7 @@ def _take(ds, n):
 
 
 def test_one_class_per_image_resumable():
-  aug = augment.default_config()
+  aug = default.get_config().data.augment
   with tfds.testing.mock_data(num_examples=N):
     ds, n = imagenet.make_source(_cfg(keep_original_label=True), image_size=32, seed=1,
                                  augment_config=aug)

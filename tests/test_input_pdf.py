@@ -1,12 +1,11 @@
 """PDF source: pages rendered with PDFium, cached atomically, bad PDFs skipped and named."""
 import os
 
-import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
 
-from input_pipeline import augment
+from configs import default
 from input_pipeline import image_io
 from input_pipeline import pdf
 
@@ -53,9 +52,9 @@ def test_pages_render_cache_and_skip(tmp_path):
 def test_source_stream_and_errors(tmp_path):
   root = str(tmp_path / 'pdfs')
   _tree(root)
-  cfg = ml_collections.ConfigDict({'root': root, 'cache_dir': str(tmp_path / 'c'),
-                                   'label_mode': 'view'})
-  aug = augment.default_config()
+  data = default.get_config().data
+  cfg, aug = data.pdf, data.augment
+  cfg.root, cfg.cache_dir, cfg.label_mode = root, str(tmp_path / 'c'), 'view'
   aug.enabled = False
   ds, n = pdf.make_source(cfg, image_size=24, seed=0, augment_config=aug)
   assert n == 5 * 24
