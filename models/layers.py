@@ -1,11 +1,131 @@
 """Layers shared by the backbones.
 
 DepthwiseConv keeps nn.Conv's parameter layout (kernel [k, k, 1, C]) so checkpoints do not
-depend on which implementation ran; `impl` picks how it is computed (see issue 7 notes).
+depend on which implementation ran; `impl` picks how it is computed:
+
+  'xla'      lax.conv_general_dilated(feature_group_count=C). What TPU/GPU run well; XLA's CPU
+             backend runs it as a slow generic loop (64x32x32x128 3x3, forward+backward: ~0.9 s).
+  'shifted'  the k*k taps as shifted, strided slices of the padded input times a per-channel
+             weight, summed: one elementwise loop that XLA:CPU fuses and vectorises over C.
+             Backward by autodiff.
+  'shifted_vjp'  same forward, hand-written backward (custom_vjp): the input gradient as a
+             shifted sum per output phase (a strided conv's transpose splits into s*s
+             stride-1 convs with sub-kernels), instead of autodiff's s*s interior-padded
+             scatters.
+  'auto'     'shifted' on CPU, 'xla' elsewhere (benchmarks/depthwise_conv.py has the numbers).
+
+All implementations compute the same function as 'xla' ('SAME' padding, TF convention: the
+extra pad row/column goes at the bottom/right); tests/test_layers.py checks values and
+gradients agree within float32 rounding.
 """
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp')
+# What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
+CPU_DEFAULT_IMPL = 'shifted'
+
+
+def resolve_impl(impl):
+  """Maps 'auto' to the implementation for the current default backend."""
+  if impl not in IMPLS:
+    raise ValueError(f'depthwise impl must be one of {IMPLS}, got {impl!r}')
+  if impl != 'auto':
+    return impl
+  return CPU_DEFAULT_IMPL if jax.default_backend() == 'cpu' else 'xla'
+
+
+def same_padding(size, kernel_size, stride):
+  """(pad_before, pad_after, out_size) of 'SAME' padding, as XLA computes it."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel_size - size, 0)
+  return total // 2, total - total // 2, out
+
+
+def _sum_of_taps(xp, taps, stride, out_hw):
+  """sum over taps (i, j, w) of xp[:, i::stride, j::stride, :][:out_h, :out_w] * w."""
+  b, _, _, c = xp.shape
+  oh, ow = out_hw
+  out = None
+  for i, j, w in taps:
+    view = jax.lax.slice(xp, (0, i, j, 0),
+                         (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+                         (1, stride, stride, 1))
+    out = view * w if out is None else out + view * w
+  return out
+
+
+def _pad_same(x, k, stride):
+  _, h, w, _ = x.shape
+  pt, pb, oh = same_padding(h, k, stride)
+  pl, pr, ow = same_padding(w, k, stride)
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  return xp, (pt, pl), (oh, ow)
+
+
+def depthwise_xla(x, kernel, stride):
+  return jax.lax.conv_general_dilated(
+      x, kernel, (stride, stride), 'SAME',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=x.shape[-1])
+
+
+def depthwise_shifted(x, kernel, stride):
+  k = kernel.shape[0]
+  xp, _, out_hw = _pad_same(x, k, stride)
+  taps = [(i, j, kernel[i, j, 0]) for i in range(k) for j in range(k)]
+  return _sum_of_taps(xp, taps, stride, out_hw)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_shifted_vjp(x, kernel, stride):
+  return depthwise_shifted(x, kernel, stride)
+
+
+def _shifted_vjp_fwd(x, kernel, stride):
+  return depthwise_shifted(x, kernel, stride), (x, kernel)
+
+
+def _shifted_vjp_bwd(stride, residuals, g):
+  x, kernel = residuals
+  b, h, w, c = x.shape
+  k, s = kernel.shape[0], stride
+  xp, (pt, pl), (oh, ow) = _pad_same(x, k, s)
+  # Kernel gradient: one product-and-reduce per tap (XLA:CPU runs reduce(mul) fused).
+  dkernel = jnp.stack([
+      jnp.sum(jax.lax.slice(xp, (0, i, j, 0),
+                            (b, i + (oh - 1) * s + 1, j + (ow - 1) * s + 1, c),
+                            (1, s, s, 1)) * g, axis=(0, 1, 2))
+      for i in range(k) for j in range(k)]).reshape(k, k, 1, c).astype(kernel.dtype)
+  # Input gradient. Padded-input row s*q + r receives g[q - m] * kernel[r + s*m] for m >= 0:
+  # for each phase (r1, r2) a stride-1 shifted sum of g with the flipped sub-kernel
+  # kernel[r1::s, r2::s]. The s*s phases are then interleaved back into rows/columns.
+  q1, q2 = -(-xp.shape[1] // s), -(-xp.shape[2] // s)
+  taps_max = -(-k // s)
+  gp = jnp.pad(g, ((0, 0), (taps_max - 1, q1 - oh), (taps_max - 1, q2 - ow), (0, 0)))
+  phase_rows = []
+  for r1 in range(s):
+    phases = []
+    for r2 in range(s):
+      taps = [(taps_max - 1 - m1, taps_max - 1 - m2, kernel[r1 + s * m1, r2 + s * m2, 0])
+              for m1 in range(-(-(k - r1) // s)) for m2 in range(-(-(k - r2) // s))]
+      phases.append(_sum_of_taps(gp, taps, 1, (q1, q2)))
+    phase_rows.append(jnp.stack(phases, axis=3))         # [b, q1, q2, s, c]
+  dxp = jnp.stack(phase_rows, axis=2).reshape(b, q1 * s, q2 * s, c)
+  return dxp[:, pt:pt + h, pl:pl + w].astype(x.dtype), dkernel
+
+
+depthwise_shifted_vjp.defvjp(_shifted_vjp_fwd, _shifted_vjp_bwd)
+
+_IMPL_FNS = {'xla': depthwise_xla, 'shifted': depthwise_shifted,
+             'shifted_vjp': depthwise_shifted_vjp}
+
+
+def depthwise_conv(x, kernel, stride=1, impl='auto'):
+  """Depthwise conv of NHWC `x` with kernel [k, k, 1, C], 'SAME' padding."""
+  return _IMPL_FNS[resolve_impl(impl)](x, kernel, stride)
 
 
 class DepthwiseConv(nn.Module):
@@ -13,7 +133,7 @@ class DepthwiseConv(nn.Module):
   kernel_size: int = 3
   strides: int = 1
   dtype: jnp.dtype = jnp.float32
-  impl: str = 'auto'  # auto | xla | shifted
+  impl: str = 'auto'  # auto | xla | shifted | shifted_vjp (see module docstring)
 
   @nn.compact
   def __call__(self, x):
@@ -22,6 +142,4 @@ class DepthwiseConv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, c))
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
-    return jax.lax.conv_general_dilated(
-        x, kernel, (self.strides, self.strides), 'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c)
+    return depthwise_conv(x, kernel, self.strides, self.impl)
