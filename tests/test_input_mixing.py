@@ -50,3 +50,36 @@ def test_bad_weights_are_clear_errors():
     mixing.quantise_weights((1.0,) * 6, 4)
   with pytest.raises(image_io.DataError, match='weights'):
     mixing.mix([_source(0, 2, 0)], (2, 3), (1.0,), local_batch=4, start_step=0, seed=0)
+
+
+def test_train_iterator_mixes_folder_pdf_and_synthetic(tiny_config, tmp_path):
+  """The trainer's entry point with three sources: disjoint ranges, resumable, preview PNG."""
+  from PIL import Image
+  from input_pipeline import preview, train_data
+  rng = np.random.default_rng(0)
+  for t in ('a', 'b', 'c'):
+    (tmp_path / 'docs' / t).mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(
+        tmp_path / 'docs' / t / 'x.png')
+  (tmp_path / 'pdfs').mkdir()
+  pages = [Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)) for _ in range(2)]
+  pages[0].save(tmp_path / 'pdfs' / 'p.pdf', save_all=True, append_images=pages[1:])
+  c = tiny_config(**{'data.sources': ('folder', 'synthetic', 'pdf'),
+                     'data.weights': (0.5, 0.25, 0.25), 'data.folder.root': str(tmp_path / 'docs'),
+                     'data.pdf.root': str(tmp_path / 'pdfs'),
+                     'data.pdf.cache_dir': str(tmp_path / 'cache'),
+                     'data.augment.enabled': False})  # augmentation is tested on its own
+  it, n = train_data.create_train_iterator(c, start_step=0)
+  assert n == 3 + 16 + 2
+  batches = [next(it) for _ in range(3)]
+  labels = np.concatenate([b['label'] for b in batches])
+  assert batches[0]['image'].shape == (16, 32, 32, 3)
+  assert ((labels >= 0) & (labels < n)).all()
+  assert ((labels < 3).sum(), (labels >= 19).sum()) == (24, 12)  # the weights, exactly
+  resumed, _ = train_data.create_train_iterator(c, start_step=2)
+  r = next(resumed)
+  np.testing.assert_array_equal(r['label'], batches[2]['label'])
+  np.testing.assert_array_equal(r['image'], batches[2]['image'])
+  out = tmp_path / 'grid.png'
+  assert preview.write_preview(c, str(out), rows=2, cols=4) == n
+  assert Image.open(out).size == (4 * 34 + 2, 2 * 34 + 2)
