@@ -120,7 +120,11 @@ def load_clip_teacher(src, *, projected=True, from_pt='auto', dtype='float32'):
   if config.model_type not in ('clip', 'clip_vision_model'):
     raise ValueError(f'teacher {src!r} is a {config.model_type!r} model, not CLIP')
   cls = transformers.FlaxCLIPModel if full else transformers.FlaxCLIPVisionModel
-  model = cls.from_pretrained(src, from_pt=bool(from_pt), dtype=dtype)
+  if from_pt:  # transformers' PyTorch->Flax conversion needs an initialised model
+    model = cls.from_pretrained(src, from_pt=True, dtype=dtype)
+    all_params = model.params
+  else:  # _do_init=False: no throw-away random init of the whole model before the weights load
+    model, all_params = cls.from_pretrained(src, dtype=dtype, _do_init=False)
   vision = config.vision_config if full else config
   use_projection = full and projected
 
@@ -134,7 +138,7 @@ def load_clip_teacher(src, *, projected=True, from_pt='auto', dtype='float32'):
   # Keep only the image tower (the text tower is never run); logit_scale, a scalar, is created
   # in FlaxCLIPModule.setup and must be present.
   keep = ('vision_model', 'visual_projection', 'logit_scale') if full else ('vision_model',)
-  params = {k: v for k, v in model.params.items() if k in keep}
+  params = {k: v for k, v in all_params.items() if k in keep}
   mean, std = _clip_norm(src)
   return Teacher(name=f'clip:{src}', apply=apply, params=_cast_floats(params, dtype),
                  image_size=int(vision.image_size), mean=mean, std=std,

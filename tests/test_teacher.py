@@ -1,0 +1,121 @@
+"""Distillation: the frozen teacher (CLIP through the real `from_pretrained`, any Flax module),
+the KL / cosine feature losses, and a few sharded train steps in which the distillation loss falls.
+
+The CLIP weights are tiny random ones the tests save themselves (no hub access here), once as a
+Flax msgpack and once as PyTorch-format safetensors (loaded with from_pt=True).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import transformers
+
+from losses import distill
+from models import teacher as teacher_lib
+
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+              image_size=32, patch_size=8)
+
+
+@pytest.fixture(scope='module')
+def clip_dirs(tmp_path_factory):
+  """{'flax': full CLIP as flax_model.msgpack, 'pt': CLIP vision tower as model.safetensors}."""
+  root = tmp_path_factory.mktemp('clip')
+  text = transformers.CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=2, vocab_size=64,
+                                     max_position_embeddings=8)
+  config = transformers.CLIPConfig(text_config=text.to_dict(), vision_config=VISION,
+                                   projection_dim=16)
+  flax_model = transformers.FlaxCLIPModel(config, seed=0)
+  flax_model.save_pretrained(root / 'flax')
+  dirs = {'flax': str(root / 'flax'), 'flax_model': flax_model}
+  torch = pytest.importorskip('torch')
+  torch.manual_seed(0)
+  pt_model = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**VISION)).eval()
+  pt_model.save_pretrained(root / 'pt', safe_serialization=True)
+  dirs.update(pt=str(root / 'pt'), pt_model=pt_model)
+  return dirs
+
+
+def _pixels(n=4, size=32, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (n, size, size, 3)).astype(np.uint8)
+
+
+def _clip_normalised_nchw(images):
+  x = (images / 255.0 - np.asarray(teacher_lib.CLIP_MEAN)) / np.asarray(teacher_lib.CLIP_STD)
+  return x.astype(np.float32).transpose(0, 3, 1, 2)
+
+
+def test_clip_teacher_from_flax_msgpack(clip_dirs):
+  teacher = teacher_lib.load_clip_teacher(clip_dirs['flax'])
+  assert (teacher.feature_dim, teacher.image_size) == (16, 32)
+  assert 'text_model' not in teacher.params  # only the image tower is kept
+  images = _pixels()
+  got = teacher_lib.teacher_features(teacher, teacher.params, images)
+  want = clip_dirs['flax_model'].get_image_features(_clip_normalised_nchw(images))
+  np.testing.assert_allclose(got, want, atol=1e-5)
+
+  # bf16 teacher: parameters stored in bf16, same features up to bf16 rounding.
+  bf16 = teacher_lib.load_clip_teacher(clip_dirs['flax'], dtype='bfloat16')
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(bf16.params))
+  got16 = teacher_lib.teacher_features(bf16, bf16.params, images)
+  assert got16.dtype == jnp.float32
+  np.testing.assert_allclose(got16, want, atol=0.05 * np.abs(want).max())
+
+  # A student-sized view is resized to the teacher's 32 px rather than rejected.
+  assert teacher_lib.teacher_features(teacher, teacher.params, _pixels(size=20)).shape == (4, 16)
+
+
+def test_clip_teacher_from_pytorch_safetensors(clip_dirs):
+  torch = pytest.importorskip('torch')
+  teacher = teacher_lib.load_clip_teacher(clip_dirs['pt'])  # from_pt chosen automatically
+  assert teacher.feature_dim == 32  # a vision-only config: pooled CLS features
+  images = _pixels(seed=1)
+  got = teacher_lib.teacher_features(teacher, teacher.params, images)
+  with torch.no_grad():
+    want = clip_dirs['pt_model'](pixel_values=torch.from_numpy(_clip_normalised_nchw(images)))
+  np.testing.assert_allclose(got, want.pooler_output.numpy(), atol=1e-4)
+
+
+def test_bad_teacher_source_is_one_line_error(tmp_path):
+  with pytest.raises(ValueError, match='cannot load its config'):
+    teacher_lib.load_clip_teacher(str(tmp_path))  # an empty directory
+  cfg = ml_collections.ConfigDict({'teacher': '', 'weight': 1.0})
+  with pytest.raises(ValueError, match='teacher is empty'):
+    teacher_lib.load_teacher(cfg)
+
+
+def test_flax_module_teacher_is_frozen():
+  """Any Flax module can teach; its parameters get no gradient through teacher_features."""
+  module = nn.Conv(8, (3, 3))
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  teacher = teacher_lib.flax_module_teacher(module, variables, image_size=16, mean=(0.5,) * 3,
+                                            std=(0.25,) * 3, name='conv')
+  assert teacher.feature_dim == 8  # the [B, h, w, 8] map is mean-pooled
+  images = _pixels(2, 16)
+  grads = jax.grad(lambda p: teacher_lib.teacher_features(teacher, p, images).sum())(
+      teacher.params)
+  assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_distill_losses():
+  cfg = ml_collections.ConfigDict({'weight': 2.0, 'loss': 'kl', 'temperature': 0.1})
+  rng = np.random.RandomState(0)
+  t = jnp.asarray(rng.randn(8, 16), jnp.float32)
+  same, m = distill.distill_loss(3.0 * t, t, cfg)  # only directions matter
+  assert abs(float(same)) < 1e-6 and abs(float(m['distill_cosine'])) < 1e-6
+  s = jnp.asarray(rng.randn(8, 16), jnp.float32)
+  loss, m = distill.distill_loss(s, t, cfg)
+  assert float(loss) > 0 and np.isclose(float(loss), 2.0 * float(m['distill_kl']))
+  cfg.loss = 'cosine'
+  loss, m = distill.distill_loss(s, t, cfg)
+  assert np.isclose(float(loss), 2.0 * float(m['distill_cosine']))
+  # The loss pulls the student toward the teacher and sends nothing back to the teacher.
+  g_s, g_t = jax.grad(lambda a, b: distill.distill_loss(a, b, cfg)[0], argnums=(0, 1))(s, t)
+  assert float(jnp.abs(g_t).max()) == 0.0 and float(jnp.abs(g_s).max()) > 0.0
+  assert float(distill.distill_loss(s - 0.1 * g_s, t, cfg)[0]) < float(loss)
+  cfg.loss = 'l2'
+  with pytest.raises(ValueError, match='config.distill.loss'):
+    distill.distill_loss(s, t, cfg)
