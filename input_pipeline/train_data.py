@@ -4,8 +4,10 @@ Batches are a pure function of (seed, step): every source is an index-addressed 
 process and input_pipeline/mixing.py gives each source a fixed quota of every batch, so resuming at
 step s continues the exact stream an uninterrupted run would have seen.
 """
+from absl import logging
 import tensorflow as tf
 
+from input_pipeline import augment
 from input_pipeline import folders
 from input_pipeline import imagenet
 from input_pipeline import mixing
@@ -29,8 +31,42 @@ def _synthetic_dataset(config, start_index, process_index, local_batch, global_b
                                       syn.template_size, config.data.image_size)
   ds = tf.data.Dataset.range(start_index, 2**62).map(
       lambda e: e // local_batch * global_batch + process_index * local_batch + e % local_batch)
-  ds = ds.map(docs.example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Distillation (issue 5) adds 'teacher_image', the un-augmented view; see below.
+  example = _synthetic_teacher_view(docs, config) if needs_teacher_view(config) else docs.example
+  ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds, docs.num_classes
+
+
+# ---- distillation (issue 5): 'teacher_image', the un-augmented view at the teacher's size ----
+
+def needs_teacher_view(config):
+  distill = config.get('distill', {})
+  return bool(distill.get('enabled', False)) and not distill.get('teacher_on_augmented', False)
+
+
+def _without_teacher_view(config):
+  config = config.copy_and_resolve_references()
+  config.distill.teacher_on_augmented = True
+  return config
+
+
+def _synthetic_teacher_view(docs, config):
+  """Adds 'teacher_image': the clean template the capture was made from, resized (as the seed's
+  teacher saw the un-augmented document). Redraws SyntheticDocuments.example's (label, variant)
+  from the same stateless seeds; the assert catches it if that function ever draws differently.
+  """
+  size = int(config.distill.get('image_size', 224))
+
+  def add_view(index, ex):
+    seed = tf.stack([tf.constant(docs.seed, tf.int64), tf.cast(index, tf.int64)])
+    s = tf.random.experimental.stateless_split(seed, 3)
+    label = tf.random.stateless_uniform((), s[0], 0, docs.num_classes, dtype=tf.int32)
+    variant = tf.random.stateless_uniform((), s[1], 0, synthetic.NUM_VARIANTS, dtype=tf.int32)
+    with tf.control_dependencies([tf.debugging.assert_equal(label, ex['label'])]):
+      template = docs._images[label, variant]  # pylint: disable=protected-access
+    return dict(ex, teacher_image=augment.resize_only(template, size))
+
+  return lambda index: add_view(index, docs.example(index))
 
 
 def create_train_iterator(config, *, start_step, process_index=0, process_count=1):
@@ -41,6 +77,13 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
   unknown = [s for s in sources if s not in SOURCES]
   if unknown:
     raise ValueError(f'config.data.sources: {unknown} not built yet (available: {SOURCES})')
+  non_synthetic = [s for s in sources if s != 'synthetic']
+  if needs_teacher_view(config) and non_synthetic:  # distillation (issue 5)
+    # Only the synthetic source can give the un-augmented view so far; all sources of a mix must
+    # give the same keys, so the teacher falls back to the augmented image (train.py resizes it).
+    logging.warning("distillation: sources %s give no un-augmented 'teacher_image'; the teacher "
+                    'sees the augmented view', non_synthetic)
+    config = _without_teacher_view(config)
   # Each source is a per-process stream; mixing gives source s a fixed quota of every batch,
   # so where each stream resumes is known from start_step alone (see input_pipeline/mixing.py).
   starts = mixing.consumed_before(config.data.weights, local_batch, start_step)
