@@ -1,0 +1,292 @@
+"""Command-line tool: python -m inference.cli <subcommand> --help
+
+  embed      --checkpoint W --data DIR --out E.npy       one L2-normalised row per labels.csv row
+  register   --checkpoint W --registry R.npz (--tree ROOT | --label L FILES...)
+  classify   --checkpoint W --registry R.npz FILES/FOLDERS/GLOBS [--top-k K] [--type T]
+  calibrate  --checkpoint W --registry R.npz --data DIR [--fpr 1e-4]
+  list       --registry R.npz           remove --registry R.npz --label L
+  evaluate   --checkpoint W --data DIR [--out metrics.json] [--roc roc.png]
+  export     --checkpoint W --out DIR [--formats jax,onnx]
+
+--checkpoint takes a training workdir, an export folder, or a .jaxexport / .onnx file.
+Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
+a registry file is only ever replaced whole, after the command succeeded.
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from inference import images as images_lib
+from inference.atomic import write_json_atomic, write_with_atomic
+from inference.images import InputError
+
+PROGRESS_MIN_ITEMS = 32  # a progress bar only where a person would wait
+
+
+def progress_fn(args, what):
+  def wrap(items):
+    items = list(items)
+    if args.no_progress or len(items) < PROGRESS_MIN_ITEMS:
+      return items
+    from tqdm import tqdm
+    return tqdm(items, desc=what, unit='img' if what != 'embed' else 'batch', file=sys.stderr,
+                leave=False)
+  return wrap
+
+
+def emit(args, obj, text):
+  print(json.dumps(obj) if args.json else text)
+
+
+def load_model(args):
+  from inference.model import load_model as load  # JAX only imported by commands that need it
+  return load(args.checkpoint)
+
+
+def load_registry(path, model, create=False):
+  from inference.registry import Registry
+  if create and not os.path.exists(path):
+    return Registry.for_model(model)
+  return Registry.load(path, model)
+
+
+def embed_files(args, model, paths, skip_unreadable=False):
+  loaded = images_lib.load_images(paths, model.preprocessing, skip_unreadable=skip_unreadable,
+                                  progress=progress_fn(args, 'load'))
+  for path, why in loaded.skipped:
+    print(f'skipped: {why}', file=sys.stderr)
+  return loaded, model.embed(loaded.images, progress=progress_fn(args, 'embed'))
+
+
+# ---- subcommands ----
+def cmd_embed(args):
+  model = load_model(args)
+  rows = images_lib.read_labels_csv(args.data)
+  # Strict: the output has exactly one row per csv row, in csv order.
+  _, emb = embed_files(args, model, [r[0] for r in rows])
+  write_with_atomic(args.out, lambda tmp: np.save(tmp, emb))
+  emit(args, {'out': args.out, 'rows': len(emb), 'dim': int(emb.shape[1]),
+              'fingerprint': model.fingerprint},
+       f'wrote {args.out}: {len(emb)} x {emb.shape[1]} (model {model.fingerprint})')
+
+
+def cmd_register(args):
+  model = load_model(args)
+  reg = load_registry(args.registry, model, create=True)
+  if args.tree:
+    items = images_lib.scan_registration_tree(args.tree)
+  elif args.label and args.inputs:
+    images_lib.split_label(args.label)
+    items = [(args.label, p) for p in images_lib.expand_inputs(args.inputs)]
+  else:
+    raise InputError('register: give --tree ROOT, or --label L and image files/folders/globs')
+  loaded, emb = embed_files(args, model, [p for _, p in items])
+  from inference.registry import pixel_hash
+  by_label = {}
+  for row, (label, _) in enumerate(items):
+    by_label.setdefault(label, []).append(row)
+  reports = []
+  for label, rows in by_label.items():
+    reports.append(reg.add_embeddings(
+        label, emb[rows], [loaded.paths[r] for r in rows],
+        [pixel_hash(loaded.images[r]) for r in rows]))
+  reg.save(args.registry)
+  lines = [f'{args.registry}: {len(reg)} entries, {len(reg.list())} labels']
+  for r in reports:
+    note = ' (label existed: entries appended)' if r['label_existed'] else ''
+    lines.append(f'  {r["label"]}: +{r["added"]}{note}')
+    if r['skipped_duplicates']:
+      lines.append(f'    skipped {r["skipped_duplicates"]} image(s) already under this label')
+    for other in r['similar_labels']:
+      lines.append(f'    WARNING: label {r["label"]!r} differs from {other!r} only by case/spacing')
+    for d in r['duplicate_images']:
+      lines.append(f'    WARNING: {d["source"]} also registered under {d["other_label"]!r} '
+                   f'({d["kind"]})')
+  if reg.threshold is not None and any(r['added'] for r in reports):
+    lines.append('  note: the threshold was calibrated before these entries; re-run calibrate')
+  emit(args, {'registry': args.registry, 'entries': len(reg), 'reports': reports},
+       '\n'.join(lines))
+
+
+def cmd_classify(args):
+  model = load_model(args)
+  reg = load_registry(args.registry, model)
+  paths = images_lib.expand_inputs(args.inputs)
+  loaded, emb = embed_files(args, model, paths, skip_unreadable=True)
+  answers = reg.classify_embeddings(emb, args.top_k, args.type, args.threshold) if len(emb) else []
+  if reg.threshold is None and args.threshold is None:
+    print('warning: registry not calibrated: every answer passes (run calibrate)', file=sys.stderr)
+  if args.json:
+    for path, a in zip(loaded.paths, answers):
+      print(json.dumps({'file': path, **a}))
+  else:
+    for path, a in zip(loaded.paths, answers):
+      alts = ', '.join(f'{t["label"]} {t["score"]:.3f}' for t in a['top_k'][1:])
+      print(f'{path}\t{a["label"]}\t{a["score"]:.4f}' + ('' if a['accepted'] else
+            f'\t(nearest {a["nearest"]})') + (f'\t[{alts}]' if alts else ''))
+  if loaded.skipped:
+    print(f'{len(loaded.skipped)} file(s) skipped', file=sys.stderr)
+
+
+def labelled_folder(args, model):
+  """--data DIR: labels.csv (file,label,role) if present, else a root/<type>/[<sub>/] tree."""
+  if os.path.isfile(os.path.join(args.data, 'labels.csv')):
+    rows = images_lib.read_labels_csv(args.data)
+    items = [(label, path) for path, label, _ in rows]
+  else:
+    items = images_lib.scan_registration_tree(args.data)
+  loaded, emb = embed_files(args, model, [p for _, p in items], skip_unreadable=True)
+  label_of = dict((p, l) for l, p in items)
+  return loaded, emb, [label_of[p] for p in loaded.paths]
+
+
+def cmd_calibrate(args):
+  from inference.calibration import calibrate_registry
+  from inference.registry import pixel_hash
+  model = load_model(args)
+  reg = load_registry(args.registry, model)
+  loaded, emb, labels = labelled_folder(args, model)
+  result = calibrate_registry(reg, emb, labels, [pixel_hash(im) for im in loaded.images],
+                              target_fpr=args.fpr)
+  reg.save(args.registry)
+  text = (f'threshold {result["threshold"]:.4f} for FPR {args.fpr:g}: '
+          f'{result["accepted_impostors"]}/{result["impostor_pairs"]} impostor pairs above it, '
+          f'genuine pairs accepted {result["genuine_accept_rate"]}')
+  if result['resolution_limited']:
+    text += (f'\nwarning: {result["impostor_pairs"]} impostor pairs cannot resolve FPR '
+             f'{args.fpr:g}; threshold = highest impostor score (add more labelled images)')
+  emit(args, result, text)
+
+
+def cmd_list(args):
+  from inference.registry import Registry
+  reg = Registry.load(args.registry)
+  listing = reg.list()
+  text = '\n'.join(f'{e["label"]}\t{e["entries"]}' for e in listing)
+  text += (f'\n{len(reg)} entries; model {reg.fingerprint}; threshold {reg.threshold} '
+           f'(FPR {reg.threshold_fpr})')
+  emit(args, {'labels': listing, 'fingerprint': reg.fingerprint, 'threshold': reg.threshold,
+              'threshold_fpr': reg.threshold_fpr}, text)
+
+
+def cmd_remove(args):
+  from inference.registry import Registry
+  reg = Registry.load(args.registry)
+  n = reg.remove(args.label)
+  reg.save(args.registry)
+  emit(args, {'removed': n, 'label': args.label}, f'removed {n} entries of {args.label!r}')
+
+
+def cmd_evaluate(args):
+  from inference.evaluate import draw_roc_png, evaluate_embeddings, roc_curve
+  model = load_model(args)
+  rows = images_lib.read_labels_csv(args.data)
+  loaded, emb = embed_files(args, model, [r[0] for r in rows], skip_unreadable=True)
+  meta = {r[0]: r for r in rows}
+  labels = np.array([meta[p][1] for p in loaded.paths])
+  is_register = np.array([meta[p][2] == 'register' for p in loaded.paths])
+  out = {'data': args.data, 'model': model.fingerprint, 'model_source': model.source,
+         'images': len(labels), 'labels': int(len(set(labels))), 'skipped': len(loaded.skipped)}
+  out.update(evaluate_embeddings(emb, labels, is_register, model, args.fpr, args.folds))
+  if args.roc:
+    draw_roc_png({os.path.basename(os.path.normpath(args.data)): roc_curve(emb, labels)}, args.roc)
+    out['roc_png'] = args.roc
+  if args.out:
+    write_json_atomic(args.out, out)
+  text = '\n'.join(f'{k}: {v:.4f}' if isinstance(v, float) else f'{k}: {v}'
+                   for k, v in out.items())
+  emit(args, out, text)
+
+
+def cmd_export(args):
+  from inference.export import export_model
+  model = load_model(args)
+  check = None
+  if args.check_data:
+    check = images_lib.load_images(images_lib.expand_inputs([args.check_data])[:16],
+                                   model.preprocessing).images
+  results = export_model(model, args.out, formats=tuple(args.formats.split(',')),
+                         check_images=check)
+  text = '\n'.join(f'{fmt}: {r["path"]} ({r["bytes"]} bytes), max |diff| vs JAX model '
+                   f'{r["max_abs_diff"]:.3g} on {r["check_images"]} images'
+                   for fmt, r in results.items())
+  emit(args, {'fingerprint': model.fingerprint, **results}, text)
+
+
+# ---- argument parsing ----
+def build_parser():
+  p = argparse.ArgumentParser(prog='python -m inference.cli', description=__doc__.split('\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=__doc__.split('\n', 2)[2])
+  sub = p.add_subparsers(dest='command', required=True)
+
+  def command(name, fn, help_text, model=True, registry=False):
+    s = sub.add_parser(name, help=help_text, description=help_text)
+    s.set_defaults(fn=fn)
+    s.add_argument('--json', action='store_true', help='JSON output')
+    s.add_argument('--no-progress', action='store_true', help='no progress bar')
+    if model:
+      s.add_argument('--checkpoint', required=True,
+                     help='training workdir, export folder, or .jaxexport / .onnx file')
+    if registry:
+      s.add_argument('--registry', required=True, help='registry file (.npz)')
+    return s
+
+  s = command('embed', cmd_embed, 'Embed the images of DIR/labels.csv into an .npy, csv order.')
+  s.add_argument('--data', required=True, help='folder with labels.csv (file,label,role)')
+  s.add_argument('--out', required=True, help='output .npy: float32 [rows, dim], L2-normalised')
+
+  s = command('register', cmd_register, 'Add labelled images to a registry (created if absent).',
+              registry=True)
+  s.add_argument('--tree', help='root/<type>/<image> and root/<type>/<sub-label>/<image>')
+  s.add_argument('--label', help="label for the given inputs: 'type' or 'type/sub-label'")
+  s.add_argument('inputs', nargs='*', help='image files, folders or globs (with --label)')
+
+  s = command('classify', cmd_classify, 'Name the type of each image, or say unknown.',
+              registry=True)
+  s.add_argument('inputs', nargs='+', help='image files, folders or globs')
+  s.add_argument('--top-k', type=int, default=1, help='also list the next best labels')
+  s.add_argument('--type', help="only this type's entries (its sub-labels) compete")
+  s.add_argument('--threshold', type=float, help='override the calibrated threshold')
+
+  s = command('calibrate', cmd_calibrate, 'Set the registry threshold for a target FPR.',
+              registry=True)
+  s.add_argument('--data', required=True, help='labels.csv folder or root/<type>/ tree')
+  s.add_argument('--fpr', type=float, default=1e-4, help='target false-positive rate per pair')
+
+  command('list', cmd_list, 'List the labels of a registry.', model=False, registry=True)
+  s = command('remove', cmd_remove, 'Remove a label (a type removes its sub-labels).',
+              model=False, registry=True)
+  s.add_argument('--label', required=True)
+
+  s = command('evaluate', cmd_evaluate, 'Pair TPR@FPR, AUROC, top-1 and open-set figures.')
+  s.add_argument('--data', required=True, help='folder with labels.csv (file,label,role)')
+  s.add_argument('--out', help='write the figures as JSON here')
+  s.add_argument('--roc', help='write a ROC curve PNG here')
+  s.add_argument('--fpr', type=float, default=1e-4, help='open-set calibration target FPR')
+  s.add_argument('--folds', type=int, default=4, help='open-set: labels held out per fold')
+
+  s = command('export', cmd_export, 'Export embed() as jax.export and ONNX, parity-checked.')
+  s.add_argument('--out', required=True, help='output folder')
+  s.add_argument('--formats', default='jax,onnx', help='comma-separated: jax,onnx')
+  s.add_argument('--check-data', help='images for the parity check (default: random pixels)')
+  return p
+
+
+def main(argv=None):
+  args = build_parser().parse_args(argv)
+  try:
+    args.fn(args)
+  except (InputError, ValueError, OSError) as e:
+    if os.environ.get('INFERENCE_DEBUG'):
+      raise
+    print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
