@@ -73,8 +73,8 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
     raise image_io.DataError(f'label_mode={label_mode!r}: expected one of {LABEL_MODES}')
   if not os.path.isdir(root):
     raise image_io.DataError(
-        f'folder source: {root!r} is not a directory. Prepare root/<type>/<image>.jpg, '
-        'one sub-folder per document type.')
+        f'folder source: {root!r} is not a directory. Set config.data.folder.root to a '
+        'folder root/<type>/<image>.jpg, one sub-folder per document type.')
   types = sorted(d for d in os.listdir(root)
                  if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
   files = list_files(root)

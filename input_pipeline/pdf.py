@@ -88,8 +88,9 @@ def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
   if label_mode not in LABEL_MODES:
     raise image_io.DataError(f'pdf label_mode={label_mode!r}: expected one of {LABEL_MODES}')
   if not os.path.isdir(root):
-    raise image_io.DataError(f'pdf source: {root!r} is not a directory. Put PDF files in it '
-                             '(sub-folders are searched too).')
+    raise image_io.DataError(f'pdf source: {root!r} is not a directory. Set '
+                             'config.data.pdf.root to a folder of PDF files (sub-folders are '
+                             'searched too).')
   pdfs = [p for p in folders.list_files(root) if p.lower().endswith(".pdf")]
   if not pdfs:
     raise image_io.DataError(f'pdf source: no .pdf files under {root!r}. Put PDF files in it.')
