@@ -69,6 +69,15 @@ def validate_partial_fc_config(config, num_classes, num_shards):
         f'use sample_rate >= {min_rate:.4g}, fewer model shards or a smaller batch_size')
 
 
+def mesh_of(x):
+  """The (abstract) mesh x is sharded over, for callers that do not pass one (train.py's jit)."""
+  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+  if mesh is None or 'model' not in mesh.shape:
+    raise ValueError('PartialFC needs W placed on a (data, model) mesh: pass mesh= or jit with '
+                     'in_shardings on such a mesh')
+  return mesh
+
+
 def _constrain(x, mesh, spec):
   """Puts x on the layout shard_map expects (a no-op when the caller already placed it so)."""
   if all(t == AxisType.Explicit for t in mesh.axis_types):  # sharding-in-types meshes
@@ -133,11 +142,12 @@ def _sample_one_shard(rng, labels, local_labels, shard, classes_per_shard, num_s
   return index.astype(jnp.int32), target.astype(jnp.int32)
 
 
-def sample_class_centers(rng, labels, *, mesh, num_classes, sample_rate):
+def sample_class_centers(rng, labels, *, num_classes, sample_rate, mesh=None):
   """Per-shard sampling of class centres; labels [B] int sharded P('data') (or replicated).
 
   The same rng on every device: all 'data' replicas of a shard pick the same rows.
   """
+  mesh = mesh_of(labels) if mesh is None else mesh
   num_shards = mesh.shape['model']
   local_rows = padded_num_classes(num_classes, num_shards) // num_shards
   num_samples = samples_per_shard(num_classes, num_shards, sample_rate)
@@ -159,8 +169,9 @@ def sample_class_centers(rng, labels, *, mesh, num_classes, sample_rate):
 # 2. Gathering the sampled rows (differentiable: its transpose scatters into W).
 # ---------------------------------------------------------------------------------------------
 
-def gather_centers(centers, index, *, mesh):
+def gather_centers(centers, index, *, mesh=None):
   """[num_shards * S, dim] P('model', None): each shard's sampled rows of its own block of W."""
+  mesh = mesh_of(centers) if mesh is None else mesh
   f = jax.shard_map(lambda w, i: jnp.take(w, i, axis=0, indices_are_sorted=True,
                                           unique_indices=True, mode='clip'),
                     mesh=mesh, in_specs=(P('model', None), P('model')),
@@ -172,12 +183,13 @@ def gather_centers(centers, index, *, mesh):
 # 3. Distributed margin softmax.
 # ---------------------------------------------------------------------------------------------
 
-def margin_softmax_loss(embeddings, rows, sample, loss_config, *, mesh, num_classes):
+def margin_softmax_loss(embeddings, rows, sample, loss_config, *, num_classes, mesh=None):
   """Mean margin-softmax loss over the global batch, and metrics.
 
   embeddings: [B, D] P('data') (un-normalised); rows: [num_shards * S, D] P('model', None) from
   gather_centers; sample: from sample_class_centers. At rate 1.0 this is dense_margin_loss.
   """
+  mesh = mesh_of(rows) if mesh is None else mesh
   num_shards = mesh.shape['model']
   local_rows = padded_num_classes(num_classes, num_shards) // num_shards
   full = rows.shape[0] // num_shards == local_rows  # rate 1.0: row j of the sample is class j
@@ -220,8 +232,16 @@ def margin_softmax_loss(embeddings, rows, sample, loss_config, *, mesh, num_clas
            _constrain(rows, mesh, P('model', None)), sample.index, sample.target)
 
 
-def partial_fc_loss(embeddings, labels, centers, rng, loss_config, *, mesh, num_classes):
-  """Sample + gather + loss in one call; differentiable w.r.t. embeddings and (dense) centers."""
+def partial_fc_loss(embeddings, labels, centers, rng, loss_config, *, num_classes, mesh=None):
+  """Sample + gather + loss in one call; differentiable w.r.t. embeddings and (dense) centers.
+
+  mesh: defaults to the mesh `centers` is sharded over (inside a jit with in_shardings).
+  """
+  mesh = mesh_of(centers) if mesh is None else mesh
+  expected = padded_num_classes(num_classes, mesh.shape['model'])
+  if centers.shape[0] != expected:
+    raise ValueError(f'class centres have {centers.shape[0]} rows; {num_classes} classes on '
+                     f"{mesh.shape['model']} model shards need {expected} (padded_num_classes)")
   sample = sample_class_centers(rng, labels, mesh=mesh, num_classes=num_classes,
                                 sample_rate=loss_config.sample_rate)
   rows = gather_centers(centers, sample.index, mesh=mesh)
@@ -233,7 +253,7 @@ def partial_fc_loss(embeddings, labels, centers, rng, loss_config, *, mesh, num_
 # 4. Sparse AdamW on the sampled rows.
 # ---------------------------------------------------------------------------------------------
 
-def sparse_adamw_update(centers, moments, index, row_grads, *, step, learning_rate, mesh,
+def sparse_adamw_update(centers, moments, index, row_grads, *, step, learning_rate, mesh=None,
                         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
   """AdamW on the sampled rows of W only; returns (new centers, new moments).
 
@@ -241,6 +261,7 @@ def sparse_adamw_update(centers, moments, index, row_grads, *, step, learning_ra
   step: 1-based update count for bias correction (the global step, as in lazy Adam).
   Donate centers and moments to the enclosing jit so the scatters happen in place.
   """
+  mesh = mesh_of(centers) if mesh is None else mesh
   step = jnp.asarray(step, jnp.float32)
   lr = jnp.asarray(learning_rate, jnp.float32)
 

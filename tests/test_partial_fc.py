@@ -60,19 +60,26 @@ def test_rate_one_matches_dense_reference(shape):
   mesh = make_mesh(shape)
   w = centers[: partial_fc.padded_num_classes(num_classes, shape[1])]
 
-  def losses_and_grads(loss_fn):
+  def losses_and_grads(loss_fn, emb, w):
     return [jax.value_and_grad(functools.partial(loss_fn, cfg=cfg), argnums=(0, 1))(emb, w)
             for cfg in configs]
 
   def dense(e, w, cfg):
     return margin.dense_margin_loss(e, labels, w, cfg, num_valid_classes=num_classes)[0]
 
+  # Placed as train.py places them: batch over all devices, W by rows over 'model'; the head
+  # finds the mesh from W's sharding (mesh=None).
+  batch_sharding = NamedSharding(mesh, P(('data', 'model')))
+  placed_labels = jax.device_put(labels, batch_sharding)
+
   def sharded(e, w, cfg):
-    return partial_fc.partial_fc_loss(e, labels, w, jax.random.key(0), cfg, mesh=mesh,
+    return partial_fc.partial_fc_loss(e, placed_labels, w, jax.random.key(0), cfg,
                                       num_classes=num_classes)[0]
 
-  expected = jax.jit(losses_and_grads, static_argnums=0)(dense)
-  got = jax.jit(losses_and_grads, static_argnums=0)(sharded)
+  expected = jax.jit(losses_and_grads, static_argnums=0)(dense, emb, w)
+  got = jax.jit(losses_and_grads, static_argnums=0)(
+      sharded, jax.device_put(emb, batch_sharding),
+      jax.device_put(w, NamedSharding(mesh, P('model', None))))
   for (kind, f), (ref_loss, (ref_ge, ref_gw)), (loss, (ge, gw)) in zip(MARGINS, expected, got):
     msg = f'{kind} filtering={f} mesh={shape}'
     assert float(jnp.abs(ref_gw).max()) > 1e-3, msg  # gradients are not trivially zero
@@ -80,6 +87,9 @@ def test_rate_one_matches_dense_reference(shape):
     np.testing.assert_allclose(ge, ref_ge, atol=2e-6, rtol=1e-4, err_msg=msg)
     np.testing.assert_allclose(gw, ref_gw, atol=2e-6, rtol=1e-4, err_msg=msg)
     assert not np.any(np.asarray(gw[num_classes:])), msg  # padding rows get no gradient
+  with pytest.raises(ValueError, match='padded_num_classes'):
+    partial_fc.partial_fc_loss(emb, labels, centers[:36], jax.random.key(0), configs[0],
+                               num_classes=num_classes, mesh=mesh)
   # The four margin settings really differ (each branch of margin.py is exercised).
   assert len({round(float(loss), 4) for loss, _ in got}) == len(MARGINS)
 
