@@ -183,7 +183,7 @@ def file_source(paths, labels, num_classes, source_config, *, image_size, seed, 
   if len(item_image) == 0:
     raise image_io.DataError(
         f'file source: {n_images} images cannot feed {process_count} processes; add images.')
-  paths_t = tf.constant(np.asarray(paths, dtype=object).astype(bytes))
+  paths_t = tf.constant([os.fsencode(p) for p in paths])  # any file name, as bytes
   labels_t = tf.constant(labels, tf.int64)
   item_image_t = tf.constant(item_image, tf.int64)
   item_view_t = tf.constant(item_view, tf.int64)

@@ -41,7 +41,7 @@ def make_tree(root, with_bad=True):
   _page(1).save(os.path.join(root, 'invoice', 'b.jpg'))
   _page(2).save(os.path.join(root, 'passport', 'p1', 'c.png'))
   _page(3).save(os.path.join(root, 'passport', 'p2', 'd.png'))
-  _page(4).save(os.path.join(root, 'receipt', 'e.png'))
+  _page(4).save(os.path.join(root, 'receipt', 'reçu été.png'))  # non-ASCII, space
   if not with_bad:
     return {}
   r = os.path.join(root, 'receipt')
