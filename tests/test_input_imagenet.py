@@ -55,3 +55,37 @@ def test_processes_read_disjoint_ranges_and_original_labels():
 def test_missing_dataset_is_one_clear_error(tmp_path):
   with pytest.raises(image_io.DataError, match='tfds build imagenet2012'):
     imagenet.make_source(_cfg(data_dir=str(tmp_path), num_examples=0), image_size=16, seed=0)
+
+
+class InputTestTinyImages(tfds.core.GeneratorBasedBuilder):
+  """A real, prepared tfds dataset (TFRecords on disk) with imagenet2012's features."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'label': tfds.features.ClassLabel(num_classes=1000),
+        'file_name': tfds.features.Text()}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples()}
+
+  def _generate_examples(self):
+    for i in range(N):
+      image = np.full((20 + i, 16, 3), 10 * i, np.uint8)  # height tells the image apart
+      yield i, {'image': image, 'label': i % 3, 'file_name': f'{i}.jpeg'}
+
+
+def test_real_tfrecords_slices_and_global_index(tmp_path):
+  """Not mocked: tfds reads TFRecord slices; a label always names the same image."""
+  InputTestTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+  aug = default.get_config().data.augment
+  aug.enabled = False
+  cfg = _cfg(data_dir=str(tmp_path), tfds_name='input_test_tiny_images', num_examples=0)
+  seen = {}
+  for p in range(2):
+    ds, n = imagenet.make_source(cfg, image_size=8, seed=0, process_index=p, process_count=2,
+                                 augment_config=aug)
+    for x in _take(ds, N):  # two local epochs
+      assert seen.setdefault(int(x['label']), x['image'].tobytes()) == x['image'].tobytes()
+  assert n == N and sorted(seen) == list(range(N))
