@@ -141,10 +141,13 @@ def state_shardings(abstract_state, config, mesh):
 
 def head_loss(config, embeddings, labels, centers, num_classes, rng):
   """The margin-softmax head: dense by default, PartialFC when config.loss.partial_fc."""
-  del rng  # used by PartialFC's sampling
   if config.loss.partial_fc:
-    raise NotImplementedError('config.loss.partial_fc=True: the sharded PartialFC head is not built '
-                              'yet (losses/partial_fc.py); use config.loss.partial_fc=False')
+    # Sharded PartialFC (losses/partial_fc.py): W stays split over 'model' (mesh taken from its
+    # sharding), only sampled rows enter the softmax. W gets a dense gradient here, so the optax
+    # AdamW above updates every row; see partial_fc.sparse_adamw_update for the row-sparse update.
+    from losses import partial_fc  # pylint: disable=g-import-not-at-top
+    return partial_fc.partial_fc_loss(embeddings, labels, centers, rng, config.loss,
+                                      num_classes=num_classes)
   return margin.dense_margin_loss(embeddings, labels, centers, config.loss, num_classes)
 
 
