@@ -180,8 +180,17 @@ def run_torch(num_classes, sample_rate, batch, dim, steps, threads=2):
     loss, _ = step(emb, labels)
     if i >= 2:
       times.append(time.perf_counter() - t)
+  a = torch.randn(2048, 2048)
+  mm_times = []
+  for _ in range(4):
+    t = time.perf_counter()
+    a @ a
+    mm_times.append(time.perf_counter() - t)
+  flops = matmul_flops(batch, num_classes, dim, sample_rate)
   return {'impl': 'torch', 'update': 'dense', 'step_s_median': statistics.median(times),
-          'step_s_runs': times, 'loss': loss, 'threads': threads}
+          'step_s_runs': times, 'loss': loss, 'threads': threads,
+          'achieved_gflop_s': flops / statistics.median(times) / 1e9,
+          'plain_matmul_gflop_s': 2 * 2048**3 / statistics.median(mm_times[1:]) / 1e9}
 
 
 # ---------------------------------------------------------------------------------------------

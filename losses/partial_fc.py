@@ -55,34 +55,22 @@ def validate_partial_fc_config(config, num_classes, num_shards):
   In the worst case all labels of the global batch live on one shard, so each shard must keep
   min(batch_size, classes_per_shard) centres. Raises ValueError with a one-line message.
   """
-  rate = float(config.loss.sample_rate)
-  if not 0.0 < rate <= 1.0:
-    raise ValueError(f'config.loss.sample_rate={rate} must be in (0, 1]')
+  check_sample_size(float(config.loss.sample_rate), int(config.batch_size), num_classes,
+                    num_shards)
+
+
+def check_sample_size(sample_rate, batch_size, num_classes, num_shards):
+  """validate_partial_fc_config on plain values; also run at trace time by the head itself."""
+  if not 0.0 < sample_rate <= 1.0:
+    raise ValueError(f'config.loss.sample_rate={sample_rate} must be in (0, 1]')
   local = padded_num_classes(num_classes, num_shards) // num_shards
-  needed = min(int(config.batch_size), local)
-  have = samples_per_shard(num_classes, num_shards, rate)
+  needed = min(batch_size, local)
+  have = samples_per_shard(num_classes, num_shards, sample_rate)
   if have < needed:
-    min_rate = needed / local
     raise ValueError(
-        f'config.loss.sample_rate={rate} keeps {have} of {local} class centres per shard, fewer '
-        f'than the {needed} positives a global batch of {config.batch_size} can put on one shard; '
-        f'use sample_rate >= {min_rate:.4g}, fewer model shards or a smaller batch_size')
-
-
-def mesh_of(x):
-  """The (abstract) mesh x is sharded over, for callers that do not pass one (train.py's jit)."""
-  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
-  if mesh is None or 'model' not in mesh.shape:
-    raise ValueError('PartialFC needs W placed on a (data, model) mesh: pass mesh= or jit with '
-                     'in_shardings on such a mesh')
-  return mesh
-
-
-def _constrain(x, mesh, spec):
-  """Puts x on the layout shard_map expects (a no-op when the caller already placed it so)."""
-  if all(t == AxisType.Explicit for t in mesh.axis_types):  # sharding-in-types meshes
-    return jax.reshard(x, NamedSharding(mesh, spec))
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        f'config.loss.sample_rate={sample_rate} keeps {have} of {local} class centres per shard, '
+        f'fewer than the {needed} positives a global batch of {batch_size} can put on one shard; '
+        f'use sample_rate >= {needed / local:.4g}, fewer model shards or a smaller batch_size')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,6 +139,8 @@ def sample_class_centers(rng, labels, *, num_classes, sample_rate, mesh=None):
   num_shards = mesh.shape['model']
   local_rows = padded_num_classes(num_classes, num_shards) // num_shards
   num_samples = samples_per_shard(num_classes, num_shards, sample_rate)
+  # A positive that did not fit would silently lose its target logit: refuse at trace time.
+  check_sample_size(sample_rate, labels.shape[0], num_classes, num_shards)
 
   def per_device(rng, local_labels):
     shard = jax.lax.axis_index('model')

@@ -184,6 +184,10 @@ def test_validate_config_refuses_too_small_sample():
   c.loss.sample_rate = 1.5
   with pytest.raises(ValueError, match='must be in'):
     partial_fc.validate_partial_fc_config(c, num_classes=10_000, num_shards=8)
+  # The head refuses too (at trace time), rather than silently dropping positives.
+  with pytest.raises(ValueError, match=r'config\.loss\.sample_rate=0\.1 keeps 2 of 13'):
+    partial_fc.sample_class_centers(jax.random.key(0), jnp.zeros(16, jnp.int32), num_classes=100,
+                                    sample_rate=0.1, mesh=make_mesh((1, 8)))
 
 
 def test_orbax_restores_sharded_centers_onto_another_mesh(tmp_path):
