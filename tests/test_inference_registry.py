@@ -143,5 +143,7 @@ def test_search_backends_agree_with_brute_force():
   _, im = EntryIndex(db, 'numpy').search(q, 4, mask)
   assert (im % 3 == 0).all()
   pytest.importorskip('faiss', reason='faiss-cpu is optional (requirements-dev.txt)')
-  _, fi = EntryIndex(db, 'faiss').search(q, 7)
-  np.testing.assert_array_equal(fi, want)
+  for backend in ('faiss', 'faiss_fp16'):
+    fs, fi = EntryIndex(db, backend).search(q, 7)
+    np.testing.assert_array_equal(fi, want)
+    np.testing.assert_allclose(fs, s, atol=1e-5)  # fp16 candidates are re-scored exactly
