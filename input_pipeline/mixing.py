@@ -84,6 +84,11 @@ def mix(datasets, num_classes, weights, *, local_batch, start_step, seed):
   if total >= 2**31:
     raise image_io.DataError(f'{total} classes do not fit int32 labels')
   keys = sorted({k for ds in datasets for k in ds.element_spec})
+  for k in keys:
+    specs = [ds.element_spec[k] for ds in datasets if k in ds.element_spec]
+    if len(specs) < len(datasets) and any(sp.shape.rank != 0 for sp in specs):
+      raise image_io.DataError(f"sources give {k!r} {specs[0].shape} only in part of the mix; "
+                               'only scalar keys can be filled in (with -1) for the others')
 
   def relabel(offset):
     def fn(ex):

@@ -50,6 +50,10 @@ def test_bad_weights_are_clear_errors():
     mixing.quantise_weights((1.0,) * 6, 4)
   with pytest.raises(image_io.DataError, match='weights'):
     mixing.mix([_source(0, 2, 0)], (2, 3), (1.0,), local_batch=4, start_step=0, seed=0)
+  with_view = _source(1, 2, 0).map(lambda ex: dict(ex, view=ex['image']))
+  with pytest.raises(image_io.DataError, match="'view'"):
+    mixing.mix([_source(0, 2, 0), with_view], (2, 2), (1.0, 1.0), local_batch=4, start_step=0,
+               seed=0)
 
 
 def test_train_iterator_mixes_folder_pdf_and_synthetic(tiny_config, tmp_path):
