@@ -73,6 +73,22 @@ def check_sample_size(sample_rate, batch_size, num_classes, num_shards):
         f'use sample_rate >= {needed / local:.4g}, fewer model shards or a smaller batch_size')
 
 
+def mesh_of(x):
+  """The (abstract) mesh x is sharded over, for callers that do not pass one (train.py's jit)."""
+  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+  if mesh is None or 'model' not in mesh.shape:
+    raise ValueError('PartialFC needs W placed on a (data, model) mesh: pass mesh= or jit with '
+                     'in_shardings on such a mesh')
+  return mesh
+
+
+def _constrain(x, mesh, spec):
+  """Puts x on the layout shard_map expects (a no-op when the caller already placed it so)."""
+  if all(t == AxisType.Explicit for t in mesh.axis_types):  # sharding-in-types meshes
+    return jax.reshard(x, NamedSharding(mesh, spec))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
 # ---------------------------------------------------------------------------------------------
 # Parameters and optimizer state, created sharded.
 # ---------------------------------------------------------------------------------------------
