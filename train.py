@@ -24,7 +24,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from configs.validate import resolve_mesh_shape, validate_config
 from evaluation import evaluators
 from input_pipeline import train_data
+from losses import distill
 from losses import margin
+from models import teacher as teacher_lib
 from models.embedder import build_model
 
 
@@ -88,13 +90,16 @@ def padded_num_classes(num_classes, mesh):
   return -(-num_classes // shards) * shards
 
 
-def init_train_state(config, model, tx, rng, num_classes, mesh):
+def init_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
   size = config.data.image_size
   model_rng, head_rng = jax.random.split(rng)
   variables = model.init(model_rng, jnp.zeros((1, size, size, 3), jnp.uint8), train=False)
   centers = jax.random.normal(head_rng, (padded_num_classes(num_classes, mesh),
                                          config.model.embed_dim), jnp.float32) * 0.01
   params = {'model': variables['params'], 'head': {'centers': centers}}
+  if teacher_dim:  # distillation (issue 5): student projection to the teacher's width, no bias
+    params['distill_proj'] = distill.init_projection(jax.random.fold_in(rng, 5),
+                                                     config.model.embed_dim, teacher_dim)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
                     nonfinite_steps=jnp.zeros((), jnp.int32))
@@ -151,10 +156,12 @@ def head_loss(config, embeddings, labels, centers, num_classes, rng):
   return margin.dense_margin_loss(embeddings, labels, centers, config.loss, num_classes)
 
 
-def make_train_step(config, model, tx, lr_fn, num_classes):
-  """(state, batch, rng) -> (state, metrics). A non-finite loss or gradient skips the update."""
+def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
+  """(state, batch, rng[, teacher_params]) -> (state, metrics). A non-finite loss or gradient
+  skips the update. `teacher` (models/teacher.py) is frozen: its parameters come in as an
+  argument, outside TrainState, so they get no gradient, optimizer state or checkpoint."""
 
-  def train_step(state, batch, rng):
+  def train_step(state, batch, rng, teacher_params=None):
     step_rng = jax.random.fold_in(rng, state.step)
     dropout_rng, head_rng = jax.random.split(step_rng)
 
@@ -251,10 +258,25 @@ def train_and_evaluate(config, workdir):
       process_count=jax.process_count())
   logging.info('Training on %d classes', num_classes)
 
+  # ---- Distillation teacher (issue 5): loaded once, frozen, replicated, outside TrainState ----
+  teacher, teacher_params, teacher_dim = None, None, 0
+  if config.distill.enabled and config.distill.get('cache', ''):
+    teacher_dim = teacher_lib.load_feature_cache(config.distill.cache)['features'].shape[1]
+    logging.info('Distillation: precomputed teacher features from %s (%d dims)',
+                 config.distill.cache, teacher_dim)
+  elif config.distill.enabled:
+    teacher = teacher_lib.load_teacher(config.distill)
+    teacher_dim = teacher.feature_dim
+    teacher_params = jax.device_put(teacher.params, NamedSharding(mesh, P()))
+    logging.info('Distillation: teacher %s, %d features at %d px, %s', teacher.name, teacher_dim,
+                 teacher.image_size, jnp.dtype(teacher.dtype).name)
+  else:
+    logging.info('Distillation: off')
+
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   init_fn = functools.partial(init_train_state, config, model, tx, num_classes=num_classes,
-                              mesh=mesh)
+                              mesh=mesh, teacher_dim=teacher_dim)
   abstract_state = jax.eval_shape(init_fn, init_rng)
   shardings = state_shardings(abstract_state, config, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
@@ -267,8 +289,8 @@ def train_and_evaluate(config, workdir):
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   replicated = NamedSharding(mesh, P())
   train_step = jax.jit(
-      make_train_step(config, model, tx, lr_fn, num_classes),
-      in_shardings=(shardings, batch_sharding, replicated),
+      make_train_step(config, model, tx, lr_fn, num_classes, teacher=teacher),
+      in_shardings=(shardings, batch_sharding, replicated, replicated),
       out_shardings=(shardings, replicated), donate_argnums=(0,))
 
   eval_sets = evaluators.build_eval_sets(config)
@@ -292,7 +314,7 @@ def train_and_evaluate(config, workdir):
   for step in range(start_step + 1, config.num_train_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       batch = global_batch(next(train_iter), batch_sharding)
-      state, metrics = train_step(state, batch, step_rng)
+      state, metrics = train_step(state, batch, step_rng, teacher_params)
     metrics_history.append(metrics)
     report_progress(step)
 
