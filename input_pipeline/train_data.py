@@ -56,6 +56,14 @@ def _synthetic_teacher_view(docs, config):
   from the same stateless seeds; the assert catches it if that function ever draws differently.
   """
   size = int(config.distill.get('image_size', 224))
+  cache = None
+  if config.distill.get('cache', ''):  # precomputed features (tools/precompute_teacher.py)
+    from models import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
+    feats = teacher_lib.load_feature_cache(config.distill.cache)['features']
+    if len(feats) != docs.num_classes * synthetic.NUM_VARIANTS:
+      raise ValueError(f'config.distill.cache={config.distill.cache}: {len(feats)} images, this '
+                       f'config has {docs.num_classes * synthetic.NUM_VARIANTS}; recompute it')
+    cache = tf.constant(feats)
 
   def add_view(index, ex):
     seed = tf.stack([tf.constant(docs.seed, tf.int64), tf.cast(index, tf.int64)])
@@ -64,6 +72,8 @@ def _synthetic_teacher_view(docs, config):
     variant = tf.random.stateless_uniform((), s[1], 0, synthetic.NUM_VARIANTS, dtype=tf.int32)
     with tf.control_dependencies([tf.debugging.assert_equal(label, ex['label'])]):
       template = docs._images[label, variant]  # pylint: disable=protected-access
+    if cache is not None:  # image id = label * NUM_VARIANTS + variant, as the cache is written
+      return dict(ex, teacher_features=cache[label * synthetic.NUM_VARIANTS + variant])
     return dict(ex, teacher_image=augment.resize_only(template, size))
 
   return lambda index: add_view(index, docs.example(index))

@@ -13,6 +13,8 @@ The result is multiplied by config.distill.weight and added to the margin loss.
 import jax
 import jax.numpy as jnp
 
+from models import teacher as teacher_lib
+
 LOSSES = ('kl', 'cosine', 'kl+cosine')
 
 
@@ -54,3 +56,21 @@ def distill_loss(projected, teacher_feats, distill_config):
   loss = {'kl': kl, 'cosine': cos, 'kl+cosine': kl + cos}[kind]
   weighted = distill_config.weight * loss
   return weighted, {'distill_kl': kl, 'distill_cosine': cos, 'distill_loss': weighted}
+
+
+def distill_term(distill_config, teacher, teacher_params, proj_params, embeddings, batch):
+  """The train step's distillation term: (weighted loss, metrics).
+
+  Teacher features come from, in order: batch['teacher_features'] (the precomputed cache,
+  tools/precompute_teacher.py), the teacher on batch['teacher_image'] (the un-augmented view),
+  or the teacher on the student's augmented batch['image'] (config.distill.teacher_on_augmented,
+  or sources that give no clean view).
+  """
+  if 'teacher_features' in batch:
+    feats = batch['teacher_features']
+  else:
+    view = batch.get('teacher_image')
+    if view is None or distill_config.get('teacher_on_augmented', False):
+      view = batch['image']
+    feats = teacher_lib.teacher_features(teacher, teacher_params, view)
+  return distill_loss(project(proj_params, embeddings), feats, distill_config)

@@ -179,3 +179,20 @@ def load_teacher(distill_config):
                             dtype=dtype)
   return load_clip_teacher(spec, projected=distill_config.get('projected', True),
                            from_pt=distill_config.get('from_pt', 'auto'), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Precomputed feature cache (tools/precompute_teacher.py writes it).
+# ---------------------------------------------------------------------------------------------
+
+def load_feature_cache(path):
+  """{'features': float32 [N, D] indexed by image id, 'teacher', 'image_size'}; one-line errors."""
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      cache = {'features': z['features'].astype(np.float32), 'teacher': str(z['teacher']),
+               'image_size': int(z['image_size'])}
+  except (OSError, KeyError, ValueError) as e:
+    raise ValueError(f'teacher feature cache {path}: unreadable ({e})') from None
+  if cache['features'].ndim != 2 or not np.all(np.isfinite(cache['features'])):
+    raise ValueError(f'teacher feature cache {path}: features must be a finite [N, D] array')
+  return cache
