@@ -12,7 +12,7 @@ depend on which implementation ran; `impl` picks how it is computed:
              shifted sum per output phase (a strided conv's transpose splits into s*s
              stride-1 convs with sub-kernels), instead of autodiff's s*s interior-padded
              scatters.
-  'auto'     'shifted' on CPU, 'xla' elsewhere (benchmarks/depthwise_conv.py has the numbers).
+  'auto'     'shifted_vjp' on CPU, 'xla' elsewhere (benchmarks/depthwise_conv.py has the numbers).
 
 All implementations compute the same function as 'xla' ('SAME' padding, TF convention: the
 extra pad row/column goes at the bottom/right); tests/test_layers.py checks values and
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp')
 # What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
-CPU_DEFAULT_IMPL = 'shifted'
+CPU_DEFAULT_IMPL = 'shifted_vjp'
 
 
 def resolve_impl(impl):
