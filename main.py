@@ -10,6 +10,7 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 from configs.validate import ConfigError, validate_config
+from input_pipeline import image_io
 import train
 
 FLAGS = flags.FLAGS
@@ -24,6 +25,18 @@ def is_multihost():
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     return True
   return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
+
+
+def parse_flags(argv):
+  """absl's parser, but an override of a field the config lacks is one line, not a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f'FATAL Flags parsing error: {e}')
+  except (AttributeError, KeyError) as e:
+    overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
+    sys.exit(f'Config error: no such config field {str(e).strip(chr(34) + chr(39))!r} '
+             f'(overrides given: {", ".join(overrides)})')
 
 
 def quiet_orbax_info(record):
@@ -49,8 +62,10 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.RunStopped as e:
     sys.exit(f'Stopped: {e}')
+  except image_io.DataError as e:
+    sys.exit(f'Data error: {e}')
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

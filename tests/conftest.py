@@ -1,0 +1,51 @@
+"""Test setup: 8 faked CPU devices (before jax is imported), the repo on sys.path, tiny configs."""
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# Compilation dominates these tests; identical programs (a resumed run, a restarted process)
+# are compiled once per session.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    os.environ.get('TMPDIR', '/tmp'), f'docembed_jax_cache_{os.getuid()}'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_demo_config(**overrides):
+  """configs/arcface_clip.py:demo shrunk to seconds: 32 px, few templates, few steps."""
+  from configs import arcface_clip
+  c = arcface_clip.get_config('demo')
+  c.data.image_size = 32
+  c.data.synthetic.num_templates = 16
+  c.data.synthetic.template_size = 48
+  c.data.synthetic.heldout_templates = 6
+  c.data.synthetic.heldout_captures = 3
+  c.model.squeeze_channels = 8
+  c.model.embed_dim = 32
+  c.model.width = 0.25
+  c.batch_size = 16
+  c.eval_batch_size = 16
+  c.num_train_steps = 6
+  c.optimizer.warmup_steps = 1
+  c.log_every_steps = 2
+  c.eval_every_steps = 3
+  c.checkpoint_every_steps = 3
+  c.async_checkpointing = False
+  for k, v in overrides.items():
+    target = c
+    *parents, leaf = k.split('.')
+    for p in parents:
+      target = target[p]
+    target[leaf] = v
+  return c
+
+
+@pytest.fixture
+def tiny_config():
+  return tiny_demo_config

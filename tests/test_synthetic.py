@@ -1,0 +1,40 @@
+import numpy as np
+
+from input_pipeline import synthetic, train_data
+
+
+def test_templates_are_deterministic_and_distinct():
+  a, box = synthetic.render_template(3, 0, seed=1, size=64)
+  b, _ = synthetic.render_template(3, 0, seed=1, size=64)
+  other, _ = synthetic.render_template(4, 0, seed=1, size=64)
+  variant, _ = synthetic.render_template(3, 1, seed=1, size=64)
+  assert a.shape == (64, 64, 3) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - other).mean() > 5      # another document type
+  assert 0 < np.abs(a.astype(int) - variant).mean()    # same type, other field contents
+  x0, y0, x1, y1 = box
+  assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64 and max(x1 - x0, y1 - y0) == 64
+
+
+def test_heldout_templates_are_never_training_classes(tiny_config):
+  c = tiny_config()
+  assert not set(synthetic.train_templates(c.data.synthetic)) & set(
+      synthetic.heldout_templates(c.data.synthetic))
+  images, labels, is_register = synthetic.heldout_set(c.data.synthetic, 32)
+  assert images.shape == (18, 32, 32, 3) and is_register.sum() == 6
+  assert len(set(labels.tolist())) == 6
+
+
+def test_batches_depend_only_on_step_and_split_over_hosts(tiny_config):
+  c = tiny_config()
+  it, n = train_data.create_train_iterator(c, start_step=0)
+  assert n == 16
+  batches = [next(it) for _ in range(3)]
+  assert batches[0]['image'].shape == (16, 32, 32, 3)
+  resumed, _ = train_data.create_train_iterator(c, start_step=2)
+  np.testing.assert_array_equal(next(resumed)['image'], batches[2]['image'])
+  # Two hosts each make half of the same global batch.
+  halves = [next(train_data.create_train_iterator(c, start_step=1, process_index=p,
+                                                  process_count=2)[0]) for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h['label'] for h in halves]), batches[1]['label'])
+  assert not np.array_equal(batches[0]['image'], batches[1]['image'])
