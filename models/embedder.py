@@ -7,12 +7,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models.heads import EmbeddingHead
+from models.efficientnet_lite import EfficientNetLite0  # issue 5: ImageNet-pretrainable
 from models.lcnet import LCNet
+from models.mobilenet_v2 import MobileNetV2  # issue 5: ImageNet-pretrainable
 from models.resnet import ResNet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ('lcnet', 'resnet')
+BACKBONES = ('lcnet', 'resnet', 'mobilenet_v2', 'efficientnet_lite0')
 
 
 def create_backbone(model_config, dtype):
@@ -22,6 +24,12 @@ def create_backbone(model_config, dtype):
                  depthwise_impl=model_config.depthwise_impl)
   if name == 'resnet':
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
+  # issue 5 (localized): backbones with published ImageNet weights (tools/convert_torch_weights.py)
+  if name == 'mobilenet_v2':
+    return MobileNetV2(width=model_config.width, dtype=dtype,
+                       depthwise_impl=model_config.depthwise_impl)
+  if name == 'efficientnet_lite0':
+    return EfficientNetLite0(dtype=dtype, depthwise_impl=model_config.depthwise_impl)
   raise ValueError(f'config.model.backbone: unknown backbone {name!r} ({" | ".join(BACKBONES)})')
 
 
