@@ -241,6 +241,33 @@ def load_pretrained_variables(path, template):
   return jax.tree_util.tree_map(lambda t, l: np.asarray(l, dtype=t.dtype), template, loaded)
 
 
+def init_backbone_from_pretrained(variables, arch, source):
+  """Replaces the backbone subtree of an embedding model's variables with ImageNet weights.
+
+  `variables` is the Embedder's {'params', 'batch_stats'}; its backbone is the one top-level
+  scope other than 'head'. `source`: a converted .msgpack, a .pth, or a weight package.
+  Returns new variables (the embedding head keeps its fresh initialisation).
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  scopes = [k for k in variables['params'] if k != 'head']
+  if len(scopes) != 1:
+    raise ValueError(f'cannot tell the backbone scope among {sorted(variables["params"])}')
+  scope = scopes[0]
+  template = {'params': variables['params'][scope],
+              'batch_stats': variables.get('batch_stats', {}).get(scope, {})}
+  if source.endswith('.msgpack'):
+    loaded = load_pretrained_variables(source, template)
+  else:
+    loaded = convert_state_dict(arch, read_torch_state_dict(resolve_weight_source(source)))
+    check_variables(loaded, template, source)
+    loaded = jax.tree_util.tree_map(lambda t, l: np.asarray(l, dtype=t.dtype), template, loaded)
+  out = {k: dict(v) for k, v in variables.items()}
+  out['params'][scope] = loaded['params']
+  if loaded['batch_stats']:
+    out['batch_stats'][scope] = loaded['batch_stats']
+  return out
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--arch', required=True, choices=['mobilenet_v2', 'efficientnet_lite0'])
