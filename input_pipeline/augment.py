@@ -40,7 +40,7 @@ def _maybe(seed, name, prob, fn, x):
 
 # ---- Geometry ----
 
-def _homography(src, dst):
+def homography(src, dst):
   """3x3 H (8 dof) with H @ [src, 1] ~ [dst, 1] for 4 point pairs; src, dst: [4, 2] float32."""
   rows = []
   rhs = []
@@ -81,7 +81,7 @@ def warp(image, seed, cfg, image_size):
   src_pts = corners + tf.stack([cx, cy])
   n = float(image_size)
   out_pts = tf.constant([[0.0, 0.0], [n, 0.0], [n, n], [0.0, n]])
-  transform = _homography(out_pts, src_pts)  # output pixel -> input pixel, as the op expects
+  transform = homography(out_pts, src_pts)  # output pixel -> input pixel, as the op expects
   # Desk/background colour outside the page: one random grey level per example.
   fill = _u(seed, 'fill', 0, lo=0.0, hi=255.0)
   out = tf.raw_ops.ImageProjectiveTransformV3(

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 import tensorflow as tf
 
+from input_pipeline import augment
+
 NUM_VARIANTS = 2
 CARD_ASPECT = 85.6 / 54.0
 A4_ASPECT = 297.0 / 210.0
@@ -227,24 +229,6 @@ def render_templates(template_ids, seed, size):
 # Captures (TF, in-graph, stateless random from (seed, index)).
 # ---------------------------------------------------------------------------------------------
 
-def _homography(src, dst):
-  """3x3 projective transform mapping dst points -> src points (what ImageProjectiveTransform wants).
-
-  src, dst: [4, 2] float32. Returns the 8 coefficients.
-  """
-  rows = []
-  rhs = []
-  for i in range(4):
-    x, y = dst[i, 0], dst[i, 1]
-    u, v = src[i, 0], src[i, 1]
-    rows.append(tf.stack([x, y, 1.0, 0.0, 0.0, 0.0, -u * x, -u * y]))
-    rows.append(tf.stack([0.0, 0.0, 0.0, x, y, 1.0, -v * x, -v * y]))
-    rhs += [u, v]
-  a = tf.stack(rows)
-  b = tf.reshape(tf.stack(rhs), [8, 1])
-  return tf.reshape(tf.linalg.solve(a, b), [8])
-
-
 def _warp(image, transform, out_size, fill=0.0):
   return tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None], transforms=transform[None], output_shape=[out_size, out_size],
@@ -281,7 +265,7 @@ def make_capture(template, box, seed, out_size):
   rot = tf.stack([[tf.cos(angle), -tf.sin(angle)], [tf.sin(angle), tf.cos(angle)]])
   dst = tf.matmul(rel, rot, transpose_b=True) + centre
   dst += _uniform(seeds[4], (4, 2), -0.08, 0.08) * out_size  # perspective
-  transform = _homography(src, dst)
+  transform = augment.homography(dst, src)  # output pixel -> template pixel, as the op expects
   del s
   ones = tf.ones_like(img[..., :1])
   mask_src = tf.cast(tf.logical_and(
