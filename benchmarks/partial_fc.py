@@ -3,7 +3,7 @@
   python benchmarks/partial_fc.py                       # the table: sizes x sample rates
   python benchmarks/partial_fc.py --classes 100000 --rates 0.1 --updates sparse,dense
   python benchmarks/partial_fc.py --probe               # largest class count for this machine
-  python benchmarks/partial_fc.py --pod                 # AOT: 64 devices, 29M classes, dim 512
+  python benchmarks/partial_fc.py --pod --batch 8192    # AOT: 64 devices, 29M classes, dim 512
 
 One JSON line per measurement. Every case runs in its own subprocess (peak RSS is per case, a
 case that runs out of memory does not kill the run). Step = sampling + forward + backward (grads
@@ -99,8 +99,20 @@ def init_state(config, mesh, num_classes, dim, update):
 
 
 def abstract_state(config, mesh, num_classes, dim, update):
+  """init_state's shapes without allocating, W-sized leaves sharded by rows over 'model'."""
   import jax
-  return jax.eval_shape(lambda: init_state(config, mesh, num_classes, dim, update))
+  import jax.numpy as jnp
+  import optax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from losses import partial_fc
+  shape = (partial_fc.padded_num_classes(num_classes, mesh.shape['model']), dim)
+  w = jax.ShapeDtypeStruct(shape, jnp.float32)
+  state = {'centers': w, 'opt': ({'mu': w, 'nu': w} if update == 'sparse' else
+                                 jax.eval_shape(optax.adamw(1e-3).init, w))}
+  spec = lambda x: P('model', None) if x.shape == shape else P()
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, spec(x))),
+      state)
 
 
 def matmul_flops(batch, num_classes, dim, sample_rate):
@@ -209,8 +221,6 @@ def aot_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape, upd
   partial_fc.validate_partial_fc_config(config, num_classes, mesh.shape['model'])
   step = make_head_step(config, mesh, num_classes, update)
   state = abstract_state(config, mesh, num_classes, dim, update)
-  w = NamedSharding(mesh, P('model', None))
-  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=w), state)
   batch_sharding = NamedSharding(mesh, P('data'))
   emb = jax.ShapeDtypeStruct((batch, dim), jnp.float32, sharding=batch_sharding)
   labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding)
@@ -287,8 +297,10 @@ def main():
 
   base = {'batch': args.batch, 'dim': args.dim}
   if args.pod:
-    emit(spawn(dict(base, kind='aot', classes=29_000_000, rate=0.1, dim=512, batch=8192,
-                    devices=64, mesh=[1, 64])))
+    # Head step for a 64-chip pod: W split over all 64 devices, compiled from abstract inputs.
+    for rate in [float(r) for r in args.rates.split(',')]:
+      emit(spawn(dict(base, kind='aot', classes=29_000_000, rate=rate, dim=512,
+                      devices=64, mesh=[1, 64])))
     return
   if args.probe:
     # Double the class count until XLA's estimate for 8 devices exceeds the machine's memory.
@@ -309,8 +321,9 @@ def main():
         for update in args.updates.split(','):
           aot = spawn(dict(base, kind='aot', classes=classes, rate=rate, devices=8, mesh=[1, 8]))
           estimate = aot.get('per_device_gib', 0) * 8
-          if 'error' not in aot and estimate > args.budget_gib:
-            emit(dict(aot, skipped=f'XLA estimate {estimate:.1f} GiB > budget'))
+          emit(dict(aot, total_gib=estimate))
+          if 'error' in aot or estimate > args.budget_gib:  # no estimate: do not risk the OOM
+            emit(dict(aot, skipped=f'XLA estimate {estimate:.1f} GiB > budget or unknown'))
             continue
           r = spawn(dict(base, kind='jax', classes=classes, rate=rate, update=update,
                          steps=args.steps))
