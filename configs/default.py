@@ -101,7 +101,7 @@ def get_config(arg=None):
   c.model.embed_dim = 256
   c.model.dropout = 0.0
   c.model.dtype = 'float32'        # compute dtype: float32 | bfloat16
-  c.model.depthwise_impl = 'auto'  # auto | xla | shifted (see models/layers.py)
+  c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp (models/layers.py)
 
   # ---- Margin head / loss ----
   c.loss = ml_collections.ConfigDict()

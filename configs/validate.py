@@ -2,6 +2,8 @@
 import jax
 import numpy as np
 
+from models.layers import IMPLS
+
 
 class ConfigError(ValueError):
   pass
@@ -49,6 +51,7 @@ def validate_config(config, num_devices=None, process_count=None):
   _choice(config, 'model.backbone', config.model.backbone,
           ('lcnet', 'resnet', 'mobilenet_v2', 'efficientnet_lite0'))
   _choice(config, 'model.head', config.model.head, ('ln_bn', 'ln', 'bn'))
+  _choice(config, 'model.depthwise_impl', config.model.depthwise_impl, IMPLS)
   _choice(config, 'model.dtype', config.model.dtype, ('float32', 'bfloat16'))
   _choice(config, 'loss.margin', config.loss.margin, ('cosface', 'arcface', 'combined'))
   _choice(config, 'optimizer.name', config.optimizer.name, ('adamw',))
