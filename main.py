@@ -70,6 +70,8 @@ def main(argv):
     sys.exit(f'Config error: {e}')
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except ConfigError as e:
+    sys.exit(f'Config error: {e}')
   except train.RunStopped as e:
     sys.exit(f'Stopped: {e}')
   except image_io.DataError as e:

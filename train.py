@@ -21,11 +21,12 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from configs.validate import resolve_mesh_shape, validate_config
+from configs.validate import ConfigError, resolve_mesh_shape, validate_config
 from evaluation import evaluators
 from input_pipeline import train_data
 from losses import distill
 from losses import margin
+from losses import partial_fc
 from models import teacher as teacher_lib
 from models.embedder import build_model
 
@@ -150,7 +151,6 @@ def head_loss(config, embeddings, labels, centers, num_classes, rng):
     # Sharded PartialFC (losses/partial_fc.py): W stays split over 'model' (mesh taken from its
     # sharding), only sampled rows enter the softmax. W gets a dense gradient here, so the optax
     # AdamW above updates every row; see partial_fc.sparse_adamw_update for the row-sparse update.
-    from losses import partial_fc  # pylint: disable=g-import-not-at-top
     return partial_fc.partial_fc_loss(embeddings, labels, centers, rng, config.loss,
                                       num_classes=num_classes)
   return margin.dense_margin_loss(embeddings, labels, centers, config.loss, num_classes)
@@ -172,10 +172,15 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
       loss, metrics = head_loss(config, embeddings, batch['label'], params['head']['centers'],
                                 num_classes, head_rng)
       # ---- distillation hook (issue 5): teacher features from batch['teacher_image'] ----
+      if config.distill.enabled:
+        distill_loss, distill_metrics = distill.distill_term(
+            config.distill, teacher, teacher_params, params['distill_proj'], embeddings, batch)
+        loss = loss + distill_loss
+        metrics = dict(metrics, **distill_metrics)
       return loss, (new_model_state['batch_stats'], metrics)
 
     (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -257,6 +262,11 @@ def train_and_evaluate(config, workdir):
       config, start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   logging.info('Training on %d classes', num_classes)
+  if config.loss.partial_fc:  # the sample count must hold a whole global batch's positives
+    try:
+      partial_fc.validate_partial_fc_config(config, num_classes, mesh.shape['model'])
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   # ---- Distillation teacher (issue 5): loaded once, frozen, replicated, outside TrainState ----
   teacher, teacher_params, teacher_dim = None, None, 0

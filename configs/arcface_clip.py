@@ -49,11 +49,13 @@ def get_config(arg=None):
     c.log_every_steps = 100
 
   if arg == 'demo':
-    # CPU, one device: synthetic documents only; CosFace converges more reliably than ArcFace
-    # from scratch on a few thousand steps.
+    # CPU, one device, ~15 minutes: synthetic documents only. From scratch, s=64/m=0.4 over 1000
+    # classes barely moves in this budget (measured: loss 38 -> 36, held-out AUROC 0.49 at step
+    # 375); CosFace with s=32, m=0.2 over 300 templates starts learning within the run.
     c.loss.margin = 'cosface'
-    c.loss.m3 = 0.4
-    c.data.synthetic.num_templates = 1000
+    c.loss.scale = 32.0
+    c.loss.m3 = 0.2
+    c.data.synthetic.num_templates = 300
     c.batch_size = 64
     c.num_train_steps = 1500
     c.optimizer.warmup_steps = 100
