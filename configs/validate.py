@@ -57,6 +57,16 @@ def validate_config(config, num_devices=None, process_count=None):
   _choice(config, 'optimizer.name', config.optimizer.name, ('adamw',))
   _choice(config, 'optimizer.schedule', config.optimizer.schedule,
           ('cosine', 'polynomial', 'constant'))
+  if config.distill.enabled:
+    _choice(config, 'distill.loss', config.distill.loss, ('kl', 'cosine', 'kl+cosine'))
+    _choice(config, 'distill.dtype', config.distill.dtype, ('float32', 'bfloat16'))
+    if not config.distill.temperature > 0 or config.distill.weight < 0:
+      raise ConfigError('config.distill: temperature must be > 0 and weight >= 0')
+    if not config.distill.teacher and not config.distill.cache:
+      raise ConfigError('config.distill.teacher: distillation is enabled but no teacher or cache is set')
+  if config.model.pretrained and config.model.backbone not in ('mobilenet_v2', 'efficientnet_lite0'):
+    raise ConfigError(f'config.model.pretrained: ImageNet weights exist for mobilenet_v2 and '
+                      f'efficientnet_lite0, not {config.model.backbone!r}')
   if config.model.embed_dim <= 0:
     raise ConfigError(f'config.model.embed_dim={config.model.embed_dim} must be positive')
   if config.data.image_size < 32:
