@@ -3,17 +3,16 @@ import csv
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs
+from input_pipeline import image_io
 
 
 def load_image(path, image_size):
-  """RGB uint8 [size, size, 3]: EXIF orientation applied, whole image resized (no crop)."""
-  with Image.open(path) as im:
-    im = ImageOps.exif_transpose(im)
-    im = im.convert('RGB').resize((image_size, image_size), Image.BILINEAR, reducing_gap=3.0)
-    return np.asarray(im, np.uint8)
+  """RGB uint8 [size, size, 3]: decoded as training decodes (EXIF orientation, CMYK, 16-bit, alpha,
+  bombs refused: input_pipeline/image_io.py), whole image resized (no crop)."""
+  with open(path, 'rb') as f:
+    return image_io.stretch_to_square(image_io.load_rgb(f.read()), image_size)
 
 
 def read_labels_csv(root):

@@ -13,7 +13,7 @@ import unicodedata
 import numpy as np
 from PIL import Image, ImageOps
 
-from input_pipeline.image_io import load_rgb
+from input_pipeline.image_io import load_rgb, stretch_to_square
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.pgm',
                     '.ppm')
@@ -42,9 +42,9 @@ def file_sha256(path):
 def load_image(path, preprocessing):
   """One file -> uint8 [S, S, 3] per `preprocessing`. Raises InputError on unreadable files.
 
-  Decoding is the training pipeline's (input_pipeline/image_io.load_rgb: CMYK, 16-bit, alpha,
-  EXIF, truncation, bombs); 'stretch' resizing is evaluation/labelled_folder.load_image's, so
-  registry scores and evaluation figures see the same pixels.
+  Decoding and 'stretch' resizing are input_pipeline/image_io's load_rgb and stretch_to_square,
+  the same as evaluation/labelled_folder.load_image, so registry scores and evaluation figures see
+  the same pixels.
   """
   size = preprocessing['image_size']
   try:
@@ -54,12 +54,10 @@ def load_image(path, preprocessing):
     rgb = load_rgb(data)
   except (OSError, ValueError) as e:
     raise InputError(f'{path}: not a readable image ({e})') from None
-  im = Image.fromarray(rgb)
   if preprocessing.get('resize', 'stretch') == 'pad':
-    im = ImageOps.pad(im, (size, size), Image.BILINEAR, color=(255, 255, 255))
-  else:
-    im = im.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
-  return np.asarray(im, dtype=np.uint8)
+    im = ImageOps.pad(Image.fromarray(rgb), (size, size), Image.BILINEAR, color=(255, 255, 255))
+    return np.asarray(im, dtype=np.uint8)
+  return stretch_to_square(rgb, size)
 
 
 @dataclasses.dataclass

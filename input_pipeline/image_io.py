@@ -81,6 +81,13 @@ def load_rgb(data, *, max_side=0, max_pixels=100_000_000):
   return np.asarray(img, dtype=np.uint8)
 
 
+def stretch_to_square(rgb, size):
+  """uint8 [H, W, 3] -> uint8 [size, size, 3], the whole image resized (no crop): the one resize
+  that evaluation (evaluation/labelled_folder.py) and inference (inference/images.py) share."""
+  im = Image.fromarray(rgb).resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+  return np.asarray(im, dtype=np.uint8)
+
+
 def inspect_image(path, *, max_pixels=100_000_000, full=True):
   """Returns None if `path` is usable, else the reason it is skipped.
 
