@@ -87,17 +87,12 @@ def create_optimizer(config, lr_fn):
       optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
 
 
-def padded_num_classes(num_classes, mesh):
-  shards = mesh.shape['model']
-  return -(-num_classes // shards) * shards
-
-
 def init_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
   size = config.data.image_size
   model_rng, head_rng = jax.random.split(rng)
   variables = model.init(model_rng, jnp.zeros((1, size, size, 3), jnp.uint8), train=False)
-  centers = jax.random.normal(head_rng, (padded_num_classes(num_classes, mesh),
-                                         config.model.embed_dim), jnp.float32) * 0.01
+  num_rows = partial_fc.padded_num_classes(num_classes, mesh.shape['model'])
+  centers = jax.random.normal(head_rng, (num_rows, config.model.embed_dim), jnp.float32) * 0.01
   params = {'model': variables['params'], 'head': {'centers': centers}}
   if teacher_dim:  # distillation (issue 5): student projection to the teacher's width, no bias
     params['distill_proj'] = distill.init_projection(jax.random.fold_in(rng, 5),
@@ -338,8 +333,8 @@ def train_and_evaluate(config, workdir):
 
     if step % config.log_every_steps == 0 or step == config.num_train_steps:
       check_finite(step)
-      summary = {f'train/{k}': float(np.mean([jax.device_get(m[k]) for m in metrics_history]))
-                 for k in metrics_history[0]}
+      history = jax.device_get(metrics_history)  # one transfer for the whole interval
+      summary = {f'train/{k}': float(np.mean([m[k] for m in history])) for k in history[0]}
       now = time.time()
       summary['train/images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log_time)
       writer.write_scalars(step, summary)

@@ -147,7 +147,6 @@ def get_config(arg=None):
   c.optimizer.schedule = 'cosine'  # cosine | polynomial | constant
   c.optimizer.end_lr_factor = 0.01
   c.optimizer.poly_power = 2.0
-  c.optimizer.head_learning_rate_factor = 1.0
 
   # ---- Loop, logging, eval, checkpoints ----
   c.log_every_steps = 20
