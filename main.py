@@ -3,9 +3,9 @@ import os
 import sys
 
 # CPU speed (issue 7): glibc by default unmaps every freed buffer over 32 MiB, so each training step
-# page-faults its large activation buffers back in (measured: one 64x32x32x128 multiply 30.8 ms ->
-# 9.0 ms with the setting; benchmarks/timing.py). glibc reads GLIBC_TUNABLES only at start-up, so
-# re-launch once with it. The cost: freed memory is kept by the process until it exits.
+# page-faults its large activation buffers back in. `python benchmarks/train_step_speed.py
+# --default_malloc` times the step without this setting. glibc reads GLIBC_TUNABLES only at
+# start-up, so re-launch once with it. The cost: freed memory is kept until the process exits.
 MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296:'
                    'glibc.malloc.trim_threshold=4294967296')
 if 'GLIBC_TUNABLES' not in os.environ and not os.environ.get('DOCEMBED_DEFAULT_MALLOC'):
