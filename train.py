@@ -60,8 +60,19 @@ class TrainState:
   step: jnp.ndarray
   params: dict          # {'model': backbone + embedding head, 'head': {'centers': [C, D]}}
   batch_stats: dict
+  # optax state of params; with sparse_centers(config) it covers every parameter but the centres,
+  # which have their own AdamW moments: {'tx': optax state, 'centers': {'mu', 'nu'}}.
   opt_state: optax.OptState
   nonfinite_steps: jnp.ndarray  # steps whose loss or gradient was NaN/Inf (update skipped)
+
+
+def sparse_centers(config):
+  """True when W is updated row-sparsely (PartialFC with loss.center_update='sparse')."""
+  return bool(config.loss.partial_fc) and config.loss.center_update == 'sparse'
+
+
+def without_centers(params):
+  return {k: v for k, v in params.items() if k != 'head'}
 
 
 def create_learning_rate_fn(config):
@@ -82,9 +93,11 @@ def create_optimizer(config, lr_fn):
   opt = config.optimizer
   # No weight decay on biases and norm scales (1-d parameters).
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  return optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip_norm),
-      optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask))
+  adamw = optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask)
+  if sparse_centers(config):
+    # The step clips jointly with the centres' row gradients, which optax never sees.
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(opt.grad_clip_norm), adamw)
 
 
 def init_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
@@ -97,8 +110,13 @@ def init_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
   if teacher_dim:  # distillation (issue 5): student projection to the teacher's width, no bias
     params['distill_proj'] = distill.init_projection(jax.random.fold_in(rng, 5),
                                                      config.model.embed_dim, teacher_dim)
+  if sparse_centers(config):
+    opt_state = {'tx': tx.init(without_centers(params)),
+                 'centers': {'mu': jnp.zeros_like(centers), 'nu': jnp.zeros_like(centers)}}
+  else:
+    opt_state = tx.init(params)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
+                    batch_stats=variables.get('batch_stats', {}), opt_state=opt_state,
                     nonfinite_steps=jnp.zeros((), jnp.int32))
 
 
@@ -113,13 +131,14 @@ def _path_str(path):
 def partition_spec(path, leaf, config, mesh):
   """PartitionSpec of one state leaf, from its name and shape.
 
-  Class centres (and their optimizer moments) are split by rows over 'model'. Everything else is
+  Class centres (and their optimizer moments, optax's or the sparse update's centers/mu|nu) are
+  split by rows over 'model'. Everything else is
   replicated, or under 'fsdp' split over 'data' along its largest dimension that divides evenly
   (big_vision's fsdp rule), which keeps large backbones' parameters and moments off every device.
   """
   name = _path_str(path)
   shape = getattr(leaf, 'shape', ())
-  if re.search(r'(^|/)centers$', name) and len(shape) == 2:
+  if re.search(r'(^|/)centers(/mu|/nu)?$', name) and len(shape) == 2:
     return P('model', None)
   if config.param_sharding == 'fsdp' and np.prod(shape, dtype=np.int64) >= config.fsdp_min_size:
     data = mesh.shape['data']
@@ -144,9 +163,9 @@ def state_shardings(abstract_state, config, mesh):
 def head_loss(config, embeddings, labels, centers, num_classes, rng):
   """The margin-softmax head: dense by default, PartialFC when config.loss.partial_fc."""
   if config.loss.partial_fc:
-    # Sharded PartialFC (losses/partial_fc.py): W stays split over 'model' (mesh taken from its
-    # sharding), only sampled rows enter the softmax. W gets a dense gradient here, so the optax
-    # AdamW above updates every row; see partial_fc.sparse_adamw_update for the row-sparse update.
+    # Sharded PartialFC (losses/partial_fc.py) with loss.center_update='dense': W stays split over
+    # 'model' (mesh taken from its sharding), only sampled rows enter the softmax, and W gets a
+    # dense gradient that optax applies to every row. The 'sparse' default is in make_train_step.
     return partial_fc.partial_fc_loss(embeddings, labels, centers, rng, config.loss,
                                       num_classes=num_classes)
   return margin.dense_margin_loss(embeddings, labels, centers, config.loss, num_classes)
@@ -156,17 +175,18 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
   """(state, batch, rng[, teacher_params]) -> (state, metrics). A non-finite loss or gradient
   skips the update. `teacher` (models/teacher.py) is frozen: its parameters come in as an
   argument, outside TrainState, so they get no gradient, optimizer state or checkpoint."""
+  opt = config.optimizer
 
   def train_step(state, batch, rng, teacher_params=None):
     step_rng = jax.random.fold_in(rng, state.step)
     dropout_rng, head_rng = jax.random.split(step_rng)
 
-    def loss_fn(params):
+    def forward(params, head):
+      """Loss of `params` (model + distillation projection); head(embeddings) -> (loss, metrics)."""
       embeddings, new_model_state = model.apply(
           {'params': params['model'], 'batch_stats': state.batch_stats}, batch['image'],
           train=True, mutable=['batch_stats'], rngs={'dropout': dropout_rng})
-      loss, metrics = head_loss(config, embeddings, batch['label'], params['head']['centers'],
-                                num_classes, head_rng)
+      loss, metrics = head(embeddings)
       # ---- distillation hook (issue 5): teacher features from batch['teacher_image'] ----
       if config.distill.enabled:
         distill_loss, distill_metrics = distill.distill_term(
@@ -175,10 +195,42 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
         metrics = dict(metrics, **distill_metrics)
       return loss, (new_model_state['batch_stats'], metrics)
 
-    (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    if sparse_centers(config):
+      # PartialFC with a row-sparse update of W: sample and gather the rows outside the gradient,
+      # differentiate w.r.t. (other params, rows), clip jointly (the rows' gradients are all of
+      # W's non-zero gradient, so the norm equals the dense one), then optax for the rest and
+      # sparse AdamW for the rows. W and its moments are only read and written at the sampled
+      # rows, shard by shard.
+      centers = state.params['head']['centers']
+      sample = partial_fc.sample_class_centers(head_rng, batch['label'], num_classes=num_classes,
+                                               sample_rate=config.loss.sample_rate)
+      rows = partial_fc.gather_centers(centers, sample.index)
+      head = lambda rows: lambda emb: partial_fc.margin_softmax_loss(
+          emb, rows, sample, config.loss, num_classes=num_classes)
+      others = without_centers(state.params)
+      (loss, (batch_stats, metrics)), (grads, row_grads) = jax.value_and_grad(
+          lambda p: forward(p[0], head(p[1])), has_aux=True)((others, rows))
+      grad_norm = optax.tree.norm((grads, row_grads))
+      # As optax.clip_by_global_norm.
+      clip = lambda g: jnp.where(grad_norm < opt.grad_clip_norm, g,
+                                 g / grad_norm * opt.grad_clip_norm)
+      grads, row_grads = jax.tree.map(clip, (grads, row_grads))
+      updates, tx_state = tx.update(grads, state.opt_state['tx'], others)
+      new_centers, moments = partial_fc.sparse_adamw_update(
+          centers, state.opt_state['centers'], sample.index, row_grads, step=state.step + 1,
+          learning_rate=lr_fn(state.step), b1=opt.b1, b2=opt.b2,
+          weight_decay=opt.weight_decay)
+      params = dict(optax.apply_updates(others, updates), head={'centers': new_centers})
+      opt_state = {'tx': tx_state, 'centers': moments}
+    else:
+      head = lambda params: lambda emb: head_loss(config, emb, batch['label'],
+                                                  params['head']['centers'], num_classes,
+                                                  head_rng)
+      (loss, (batch_stats, metrics)), grads = jax.value_and_grad(
+          lambda p: forward(p, head(p)), has_aux=True)(state.params)
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(

@@ -1,61 +1,80 @@
 """Training-step speed on CPU: the project's jitted train step vs its PyTorch twin.
 
   python benchmarks/train_step_speed.py                       # batch 64 and 256, 128 px
-  python benchmarks/train_step_speed.py --batches=64 --impls=auto,xla --forward
+  python benchmarks/train_step_speed.py --batches=64 --impls=auto,xla --conv_impls=auto,xla --forward
 
 Times train.make_train_step (the real step: configs/arcface_clip.py:demo model, CosFace over
 --num_classes classes, AdamW, jitted and donated as train.py does) against
-benchmarks/torch_lcnet.py (NCHW and channels-last). Candidates run round-robin; one JSON line
-per candidate with median ms/step, images/s and the ratio JAX/PyTorch (against the faster
-PyTorch layout). Data loading is not timed: batches are prepared on the device beforehand.
---forward also times the inference forward pass (inference/model.make_embed_fn) at batch 1
-and 64 against the twin in eval mode.
+benchmarks/torch_lcnet.py (NCHW and channels-last). Data loading is not timed: batches are
+prepared beforehand.
+
+Every candidate lives in its own worker process (XLA's and PyTorch's thread pools in one process
+slow each other down: in one process the JAX step measured 749 ms against 293 ms alone), set up
+and warmed up once; the parent then asks the workers for one step each, round-robin, so a burst
+of load from elsewhere hits every candidate alike. One JSON line per candidate with median
+ms/step, images/s and the ratio JAX/PyTorch (against the faster PyTorch layout). --forward also
+times the inference forward pass (inference/model.make_embed_fn) at --forward_batches against
+the twin in eval mode.
 """
 import argparse
 import functools
+import json
 import os
+import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 from benchmarks import timing  # pylint: disable=g-import-not-at-top
 
+RESULT_PREFIX = '@@result '
 
-def parse_args():
+
+def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--batches', default='64,256')
   p.add_argument('--image_size', type=int, default=128)
   p.add_argument('--num_classes', type=int, default=20000)
   p.add_argument('--impls', default='auto',
                  help='config.model.depthwise_impl values to time (comma-separated)')
+  p.add_argument('--conv_impls', default='auto',
+                 help='config.model.conv_impl values to time (comma-separated)')
   p.add_argument('--dtypes', default='float32', help='config.model.dtype values (JAX side)')
   p.add_argument('--torch_layouts', default='nchw,nhwc')
-  p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--rounds', type=int, default=7)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--forward', action='store_true', help='also time the inference forward pass')
   p.add_argument('--forward_batches', default='1,64')
   p.add_argument('--default_malloc', action='store_true',
                  help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
-  return p.parse_args()
+  # Internal: run as one candidate's worker process.
+  p.add_argument('--worker', default='', help=argparse.SUPPRESS)
+  p.add_argument('--variant', default='', help=argparse.SUPPRESS)
+  p.add_argument('--batch', type=int, default=0, help=argparse.SUPPRESS)
+  return p.parse_args(argv)
 
 
-def demo_config(args, batch, impl, dtype):
+def demo_config(args, batch, variant):
   from configs import arcface_clip  # pylint: disable=g-import-not-at-top
+  impl, conv_impl, dtype = variant.split('/')
   config = arcface_clip.get_config('demo')
   config.batch_size = batch
   config.data.image_size = args.image_size
   config.model.depthwise_impl = impl
+  config.model.conv_impl = conv_impl
   config.model.dtype = dtype
   return config
 
 
-def jax_train_step(args, batch, impl, dtype, images, labels):
-  """A zero-argument callable running one real train step (state carried between calls)."""
+def jax_candidate(args, images, labels):
+  """(train_fn, forward_fn_factory) for one JAX variant: the real train step, state carried."""
   import jax  # pylint: disable=g-import-not-at-top
   from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
+  from inference.model import make_embed_fn  # pylint: disable=g-import-not-at-top
   from models.embedder import build_model  # pylint: disable=g-import-not-at-top
-  config = demo_config(args, batch, impl, dtype)
+  config = demo_config(args, args.batch, args.variant)
   model = build_model(config.model)
   mesh = train.create_mesh(config)
   lr_fn = train.create_learning_rate_fn(config)
@@ -77,39 +96,115 @@ def jax_train_step(args, batch, impl, dtype, images, labels):
     state['state'], metrics = step_fn(state['state'], device_batch, rng)
     jax.block_until_ready(metrics['loss'])
 
-  return run, state
+  def forward(fwd_images):
+    s = state['state']
+    variables = jax.device_get({'params': s.params['model'], 'batch_stats': s.batch_stats})
+    fn = jax.jit(make_embed_fn(model, variables))
+    return lambda: jax.block_until_ready(fn(fwd_images))
+
+  return run, forward
 
 
-def jax_forward(args, batch, impl, dtype, images, variables):
-  import jax  # pylint: disable=g-import-not-at-top
-  from inference.model import make_embed_fn  # pylint: disable=g-import-not-at-top
-  from models.embedder import build_model  # pylint: disable=g-import-not-at-top
-  model = build_model(demo_config(args, batch, impl, dtype).model)
-  fn = jax.jit(make_embed_fn(model, variables))
-  return lambda: jax.block_until_ready(fn(images))
-
-
-def torch_twin(args, layout, images, labels):
+def torch_candidate(args, images, labels):
   import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   from benchmarks import torch_lcnet  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
+  layout = args.variant
   model = torch_lcnet.Embedder(image_size=args.image_size)
   step = torch_lcnet.make_train_step(model, args.num_classes, channels_last=layout == 'nhwc')
   x = torch_twin_input(images, layout)
   y = torch.from_numpy(labels).long()
-  return lambda: step(x, y), model, x
+
+  def forward(fwd_images):
+    xf = torch_twin_input(fwd_images, layout)
+
+    def run():
+      model.eval()
+      with torch.no_grad():
+        F.normalize(model(xf), dim=1)
+
+    return run
+
+  return lambda: step(x, y), forward
 
 
-def torch_forward(model, x):
+def torch_twin_input(images, layout):
+  """The pipeline's NHWC uint8 batch, permuted: that is already a channels-last NCHW tensor."""
   import torch  # pylint: disable=g-import-not-at-top
-  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  x = torch.from_numpy(images).permute(0, 3, 1, 2)
+  return x.contiguous(memory_format=torch.channels_last if layout == 'nhwc' else
+                      torch.contiguous_format)
 
-  def run():
-    model.eval()
-    with torch.no_grad():
-      F.normalize(model(x), dim=1)
 
-  return run
+def random_images(batch, size):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return np.random.default_rng(batch).integers(0, 256, (batch, size, size, 3), np.uint8)
+
+
+def worker(args):
+  """Sets up one candidate, then times one call per request line on stdin."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  images = random_images(args.batch, args.image_size)
+  labels = np.random.default_rng(args.batch + 1).integers(
+      0, args.num_classes, (args.batch,)).astype(np.int32)
+  make = jax_candidate if args.worker == 'jax' else torch_candidate
+  train_fn, forward = make(args, images, labels)
+  fns = {'train': train_fn}
+  for _ in range(args.warmup):
+    train_fn()
+  if args.forward:
+    for b in args.forward_batches.split(','):
+      fns[f'forward{b}'] = forward(random_images(int(b), args.image_size))
+      for _ in range(args.warmup):
+        fns[f'forward{b}']()
+  print(RESULT_PREFIX + 'ready', flush=True)
+  for line in sys.stdin:
+    fn = fns[line.strip()]
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    print(RESULT_PREFIX + json.dumps({'wall_ms': (time.perf_counter() - w0) * 1e3,
+                                      'cpu_ms': (time.process_time() - c0) * 1e3}), flush=True)
+
+
+class Worker:
+  """A candidate's process: request() sends one request line and returns its timing."""
+
+  def __init__(self, framework, variant, batch, args):
+    cmd = [sys.executable, os.path.abspath(__file__), f'--worker={framework}',
+           f'--variant={variant}', f'--batch={batch}', f'--image_size={args.image_size}',
+           f'--num_classes={args.num_classes}', f'--warmup={args.warmup}',
+           f'--forward_batches={args.forward_batches}'] + (['--forward'] if args.forward else [])
+    self.name = (framework, variant)
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+  def _read(self):
+    for line in self.proc.stdout:
+      if line.startswith(RESULT_PREFIX):
+        return line[len(RESULT_PREFIX):].strip()
+    raise RuntimeError(f'benchmark worker {self.name} exited with {self.proc.wait()}')
+
+  def wait_ready(self):
+    assert self._read() == 'ready'
+
+  def request(self, what):
+    self.proc.stdin.write(what + '\n')
+    self.proc.stdin.flush()
+    return json.loads(self._read())
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def interleaved(workers, what, rounds):
+  times = {w.name: {'wall_ms': [], 'cpu_ms': []} for w in workers}
+  for _ in range(rounds):
+    for w in workers:
+      t = w.request(what)
+      times[w.name]['wall_ms'].append(t['wall_ms'])
+      times[w.name]['cpu_ms'].append(t['cpu_ms'])
+  return times
 
 
 def report(kind, times, batch, meta):
@@ -131,51 +226,26 @@ def report(kind, times, batch, meta):
 def main():
   args = parse_args()
   timing.reexec_with_malloc_tunables(not args.default_malloc)
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  impls, dtypes = args.impls.split(','), args.dtypes.split(',')
-  layouts = [l for l in args.torch_layouts.split(',') if l]
+  if args.worker:
+    worker(args)
+    return
   meta = {'image_size': args.image_size, 'num_classes': args.num_classes}
+  variants = [('jax', f'{i}/{c}/{d}') for i in args.impls.split(',')
+              for c in args.conv_impls.split(',') for d in args.dtypes.split(',')]
+  variants += [('torch', l) for l in args.torch_layouts.split(',') if l]
   for batch in (int(b) for b in args.batches.split(',')):
-    rng = np.random.default_rng(batch)
-    images = rng.integers(0, 256, (batch, args.image_size, args.image_size, 3), np.uint8)
-    labels = rng.integers(0, args.num_classes, (batch,)).astype(np.int32)
-    cands, torch_models, last_state = {}, {}, None
-    for impl in impls:
-      for dtype in dtypes:
-        cands[('jax', f'{impl}/{dtype}')], last_state = jax_train_step(
-            args, batch, impl, dtype, images, labels)
-    for layout in layouts:
-      cands[('torch', layout)], model, x = torch_twin(args, layout, images, labels)
-      torch_models[layout] = (model, x)
-    report('train_step', timing.interleaved_times(cands, args.rounds, args.warmup), batch, meta)
-
-  if args.forward:
-    import jax  # pylint: disable=g-import-not-at-top
-    state = last_state['state']
-    variables = jax.device_get({'params': state.params['model'],
-                                'batch_stats': state.batch_stats})
-    for batch in (int(b) for b in args.forward_batches.split(',')):
-      images = np.random.default_rng(batch).integers(
-          0, 256, (batch, args.image_size, args.image_size, 3), np.uint8)
-      cands = {}
-      for impl in impls:
-        for dtype in dtypes:
-          cands[('jax', f'{impl}/{dtype}')] = jax_forward(args, batch, impl, dtype, images,
-                                                          variables)
-      for layout in layouts:
-        model, _ = torch_models[layout]
-        x = torch_twin_input(images, layout)
-        cands[('torch', layout)] = torch_forward(model, x)
-      report('forward', timing.interleaved_times(cands, args.rounds * 2, args.warmup), batch,
-             meta)
-
-
-def torch_twin_input(images, layout):
-  """The pipeline's NHWC uint8 batch, permuted: that is already a channels-last NCHW tensor."""
-  import torch  # pylint: disable=g-import-not-at-top
-  x = torch.from_numpy(images).permute(0, 3, 1, 2)
-  return x.contiguous(memory_format=torch.channels_last if layout == 'nhwc' else
-                      torch.contiguous_format)
+    # Started one at a time: compiling in parallel would only slow every start-up down.
+    workers = []
+    for framework, variant in variants:
+      workers.append(Worker(framework, variant, batch, args))
+      workers[-1].wait_ready()
+    report('train_step', interleaved(workers, 'train', args.rounds), batch, meta)
+    if args.forward:
+      for b in args.forward_batches.split(','):
+        report('forward', interleaved(workers, f'forward{b}', args.rounds * 2), int(b), meta)
+      args.forward = False  # forward figures do not depend on the training batch
+    for w in workers:
+      w.close()
 
 
 if __name__ == '__main__':

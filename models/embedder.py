@@ -19,17 +19,18 @@ BACKBONES = ('lcnet', 'resnet', 'mobilenet_v2', 'efficientnet_lite0')
 
 def create_backbone(model_config, dtype):
   name = model_config.backbone
+  # .get: config.json files written before conv_impl existed still build (and fingerprint) alike.
+  impls = dict(depthwise_impl=model_config.depthwise_impl,
+               conv_impl=model_config.get('conv_impl', 'auto'))
   if name == 'lcnet':
-    return LCNet(scale=model_config.width, dtype=dtype,
-                 depthwise_impl=model_config.depthwise_impl)
+    return LCNet(scale=model_config.width, dtype=dtype, **impls)
   if name == 'resnet':
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
   # issue 5 (localized): backbones with published ImageNet weights (tools/convert_torch_weights.py)
   if name == 'mobilenet_v2':
-    return MobileNetV2(width=model_config.width, dtype=dtype,
-                       depthwise_impl=model_config.depthwise_impl)
+    return MobileNetV2(width=model_config.width, dtype=dtype, **impls)
   if name == 'efficientnet_lite0':
-    return EfficientNetLite0(dtype=dtype, depthwise_impl=model_config.depthwise_impl)
+    return EfficientNetLite0(dtype=dtype, **impls)
   raise ValueError(f'config.model.backbone: unknown backbone {name!r} ({" | ".join(BACKBONES)})')
 
 
@@ -46,7 +47,7 @@ class Embedder(nn.Module):
     x = create_backbone(cfg, dtype)(x, train=train)
     return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
                          embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
-                         name='head')(x, train=train)
+                         conv_impl=cfg.get('conv_impl', 'auto'), name='head')(x, train=train)
 
 
 def build_model(model_config):

@@ -7,6 +7,8 @@ keep only one of the two norms, for ablations.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.layers import Conv
+
 HEADS = ('ln_bn', 'ln', 'bn')
 
 
@@ -16,13 +18,14 @@ class EmbeddingHead(nn.Module):
   embed_dim: int = 256
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train=False):
     if self.kind not in HEADS:
       raise ValueError(f'config.model.head: unknown head {self.kind!r} ({" | ".join(HEADS)})')
-    x = nn.Conv(self.squeeze_channels, (1, 1), use_bias=False, dtype=self.dtype,
-                name='squeeze')(x)
+    x = Conv(self.squeeze_channels, use_bias=False, dtype=self.dtype, impl=self.conv_impl,
+             name='squeeze')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='squeeze_bn')(x)
     x = nn.hard_swish(x)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp')
+CONV_IMPLS = ('auto', 'xla', 'matmul')
 # What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
 CPU_DEFAULT_IMPL = 'shifted_vjp'
 
@@ -143,3 +144,71 @@ class DepthwiseConv(nn.Module):
     x = x.astype(self.dtype)
     kernel = kernel.astype(self.dtype)
     return depthwise_conv(x, kernel, self.strides, self.impl)
+
+
+def resolve_conv_impl(impl):
+  """Maps 'auto' to 'matmul' on the CPU backend and 'xla' elsewhere."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
+  if impl != 'auto':
+    return impl
+  return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+
+
+def conv_matmul(x, kernel, stride, padding):
+  """Dense conv of NHWC `x` with an HWIO kernel as one matrix product (im2col for k > 1).
+
+  XLA:CPU computes a convolution's kernel gradient as a convolution whose window is the whole
+  feature map, with transposes on both inputs; written as a dot, the same gradient is a plain
+  [Cin, B*H*W] x [B*H*W, Cout] product. For k > 1 the k*k shifted, strided views are stacked on
+  the channel axis in (row, column, channel) order, which is the HWIO kernel's row-major order.
+  """
+  kh, kw, cin, cout = kernel.shape
+  if kh == 1 and kw == 1 and stride == 1:
+    return jnp.dot(x, kernel.reshape(cin, cout))
+  b, h, w, _ = x.shape
+  if padding == 'SAME':
+    pt, pb, oh = same_padding(h, kh, stride)
+    pl, pr, ow = same_padding(w, kw, stride)
+  else:
+    (pt, pb), (pl, pr) = padding
+    oh = (h + pt + pb - kh) // stride + 1
+    ow = (w + pl + pr - kw) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  cols = [jax.lax.slice(xp, (0, i, j, 0),
+                        (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, cin),
+                        (1, stride, stride, 1))
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+
+
+def conv_xla(x, kernel, stride, padding):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class Conv(nn.Module):
+  """Dense k x k convolution with nn.Conv's parameters ('kernel' HWIO, optional 'bias').
+
+  `impl`: 'xla' (lax.conv_general_dilated), 'matmul' (conv_matmul), 'auto' ('matmul' on CPU).
+  """
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  padding: object = 'SAME'
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+  impl: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (k, k, x.shape[-1], self.features))
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    fn = conv_matmul if resolve_conv_impl(self.impl) == 'matmul' else conv_xla
+    y = fn(x, kernel, self.strides, self.padding)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y

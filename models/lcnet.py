@@ -6,7 +6,7 @@ Returns the last feature map [B, H/32, W/32, C]; models/heads.py turns it into a
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import DepthwiseConv
+from models.layers import Conv, DepthwiseConv
 
 # (kernel, out_channels, stride, use_se) per depthwise-separable block, at scale 1.0.
 LCNET_BLOCKS = (
@@ -30,13 +30,16 @@ def make_divisible(v, divisor=8, min_value=None):
 class SqueezeExcite(nn.Module):
   reduction: int = 4
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
     c = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.relu(nn.Conv(c // self.reduction, (1, 1), dtype=self.dtype)(s))
-    s = nn.hard_sigmoid(nn.Conv(c, (1, 1), dtype=self.dtype)(s))
+    s = nn.relu(Conv(c // self.reduction, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
+                     name='Conv_0')(s))
+    s = nn.hard_sigmoid(Conv(c, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
+                             name='Conv_1')(s))
     return x * s
 
 
@@ -47,6 +50,7 @@ class ConvBN(nn.Module):
   strides: int = 1
   depthwise: bool = False
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = 'auto'
   depthwise_impl: str = 'auto'
 
   @nn.compact
@@ -56,8 +60,8 @@ class ConvBN(nn.Module):
                         impl=self.depthwise_impl)(x)
     else:
       k = self.kernel_size
-      x = nn.Conv(self.features, (k, k), (self.strides, self.strides), padding='SAME',
-                  use_bias=False, dtype=self.dtype)(x)
+      x = Conv(self.features, k, self.strides, dtype=self.dtype, impl=self.conv_impl,
+               name='Conv_0')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype)(x)
     return nn.hard_swish(x)
@@ -66,16 +70,18 @@ class ConvBN(nn.Module):
 class LCNet(nn.Module):
   scale: float = 0.5
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = 'auto'
   depthwise_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = ConvBN(make_divisible(16 * self.scale), 3, 2, dtype=self.dtype, name='stem')(x, train)
+    kw = dict(dtype=self.dtype, conv_impl=self.conv_impl)
+    x = ConvBN(make_divisible(16 * self.scale), 3, 2, name='stem', **kw)(x, train)
     for i, (k, c, s, se) in enumerate(LCNET_BLOCKS):
       c = make_divisible(c * self.scale)
-      x = ConvBN(x.shape[-1], k, s, depthwise=True, dtype=self.dtype,
-                 depthwise_impl=self.depthwise_impl, name=f'block{i}_dw')(x, train)
+      x = ConvBN(x.shape[-1], k, s, depthwise=True, depthwise_impl=self.depthwise_impl,
+                 name=f'block{i}_dw', **kw)(x, train)
       if se:
-        x = SqueezeExcite(dtype=self.dtype, name=f'block{i}_se')(x)
-      x = ConvBN(c, 1, 1, dtype=self.dtype, name=f'block{i}_pw')(x, train)
+        x = SqueezeExcite(name=f'block{i}_se', **kw)(x)
+      x = ConvBN(c, 1, 1, name=f'block{i}_pw', **kw)(x, train)
     return x

@@ -8,7 +8,7 @@ map [B, H/32, W/32, 1280 * width]; mean-pooling it gives torchvision's pooled fe
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import DepthwiseConv
+from models.layers import Conv, DepthwiseConv
 from models.lcnet import make_divisible
 
 # (expand_ratio, out_channels, repeats, first_stride), torchvision's inverted_residual_setting.
@@ -34,7 +34,8 @@ def torch_padded_depthwise(conv, x, kernel_size, strides):
 
 
 def conv_bn_relu6(x, train, conv_name, bn_name, features, kernel_size=1, strides=1, *,
-                  depthwise=False, relu=True, dtype=jnp.float32, depthwise_impl='auto'):
+                  depthwise=False, relu=True, dtype=jnp.float32, depthwise_impl='auto',
+                  conv_impl='auto'):
   """torchvision's ConvBNActivation, called inside MobileNetV2's compact __call__.
 
   A function rather than a Module so parameters sit directly under torch's names (flat tree).
@@ -45,8 +46,8 @@ def conv_bn_relu6(x, train, conv_name, bn_name, features, kernel_size=1, strides
     x = torch_padded_depthwise(conv, x, k, s)
   else:
     p = (k - 1) // 2
-    x = nn.Conv(features, (k, k), (s, s), padding=((p, p), (p, p)), use_bias=False, dtype=dtype,
-                name=conv_name)(x)
+    x = Conv(features, k, s, padding=((p, p), (p, p)), dtype=dtype, impl=conv_impl,
+             name=conv_name)(x)
   x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                    name=bn_name)(x)
   return nn.relu6(x) if relu else x
@@ -56,10 +57,11 @@ class MobileNetV2(nn.Module):
   width: float = 1.0
   dtype: jnp.dtype = jnp.float32
   depthwise_impl: str = 'auto'
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x, train=False):
-    kw = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl)
+    kw = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl, conv_impl=self.conv_impl)
     x = conv_bn_relu6(x, train, 'features_0_0', 'features_0_1', make_divisible(32 * self.width),
                       3, 2, **kw)
     i = 1

@@ -97,3 +97,39 @@ def test_bfloat16_close_to_float32():
     assert got.dtype == jnp.bfloat16
     err = float(jnp.max(jnp.abs(got.astype(jnp.float32) - want)) / jnp.max(jnp.abs(want)))
     assert err < 2e-2, (impl, err)
+
+
+# ---- Dense convolutions: 'matmul' (im2col + dot) against lax.conv_general_dilated ----
+
+@pytest.mark.parametrize('k,stride,padding,hw', [
+    (1, 1, 'SAME', (8, 8)),            # pointwise: a plain dot
+    (3, 2, 'SAME', (8, 8)),            # LCNet / EfficientNet stem (asymmetric SAME pad)
+    (3, 2, 'SAME', (9, 7)),
+    (3, 1, 'SAME', (6, 6)),
+    (3, 2, ((1, 1), (1, 1)), (8, 8)),  # MobileNetV2 stem (torch's symmetric pad)
+])
+def test_conv_matmul_matches_xla_values_and_grads(k, stride, padding, hw):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2,) + hw + (5,), np.float32))
+  w = jnp.asarray(rng.standard_normal((k, k, 5, 7), np.float32))
+  results = {}
+  for name, fn in (('xla', layers.conv_xla), ('matmul', layers.conv_matmul)):
+    y, vjp = jax.vjp(lambda x, w: fn(x, w, stride, padding), x, w)
+    ct = jnp.asarray(np.random.default_rng(2).standard_normal(y.shape, np.float32))
+    results[name] = (y,) + vjp(ct)
+  for what, got, want in zip(('y', 'dx', 'dkernel'), results['matmul'], results['xla']):
+    _assert_close(got, want, f'k={k} s={stride} {padding} {hw}: {what}')
+
+
+def test_conv_module_keeps_nn_conv_parameters():
+  """Checkpoints and converted ImageNet weights do not depend on conv_impl."""
+  x = jnp.ones((1, 8, 8, 3))
+  ref = nn.Conv(4, (3, 3), (2, 2), use_bias=True).init(jax.random.PRNGKey(0), x)
+  for impl in layers.CONV_IMPLS:
+    v = layers.Conv(4, 3, 2, use_bias=True, impl=impl).init(jax.random.PRNGKey(0), x)
+    assert jax.tree.map(jnp.shape, v) == jax.tree.map(jnp.shape, ref)
+    y = layers.Conv(4, 3, 2, use_bias=True, impl=impl).apply(ref, x)
+    np.testing.assert_allclose(y, nn.Conv(4, (3, 3), (2, 2)).apply(ref, x), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match='conv impl must be one of'):
+    layers.resolve_conv_impl('im2col')
+  assert layers.resolve_conv_impl('auto') == 'matmul'  # tests run on the CPU backend

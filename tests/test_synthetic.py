@@ -38,3 +38,15 @@ def test_batches_depend_only_on_step_and_split_over_hosts(tiny_config):
                                                   process_count=2)[0]) for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h['label'] for h in halves]), batches[1]['label'])
   assert not np.array_equal(batches[0]['image'], batches[1]['image'])
+
+
+def test_capture_strength_scales_the_degradation():
+  """Captures of one template: at strength 0 they differ only by background and the two filled-in
+  variants; the spread between captures grows with the strength."""
+  docs = {k: synthetic.SyntheticDocuments([3], seed=1, template_size=64, image_size=48,
+                                          capture_strength=k) for k in (0.0, 0.5, 1.0)}
+  spread = {}
+  for k, d in docs.items():
+    caps = np.stack([d.example_of(0, i).numpy() for i in range(12)]).astype(np.float32)
+    spread[k] = float(np.mean(np.abs(caps - caps.mean(0))))
+  assert spread[0.0] < spread[0.5] < spread[1.0], spread
