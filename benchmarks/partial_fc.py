@@ -4,6 +4,7 @@
   python benchmarks/partial_fc.py --classes 100000 --rates 0.1 --updates sparse,dense
   python benchmarks/partial_fc.py --probe               # largest class count for this machine
   python benchmarks/partial_fc.py --pod --batch 8192    # AOT: 64 devices, 29M classes, dim 512
+  python benchmarks/partial_fc.py --pod_train_step --batch 8192 --rates 0.1,0.3   # whole train.py step
 
 One JSON line per measurement. Every case runs in its own subprocess (peak RSS is per case, a
 case that runs out of memory does not kill the run). Step = sampling + forward + backward (grads
@@ -235,6 +236,57 @@ def aot_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape, upd
           'compile_s': time.perf_counter() - t0}
 
 
+def aot_train_step_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape):
+  """Per-device memory of the whole train.py step (LCNet-0.5 at 128 px, PartialFC with the
+  sparse W update, AdamW on the rest), lowered and compiled from abstract inputs: nothing is
+  allocated, so a pod-sized class count can be checked on this machine."""
+  _setup_jax(num_devices)
+  import functools
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  import train
+  from configs import arcface_clip
+  from models.embedder import build_model
+  c = arcface_clip.get_config()
+  c.distill.enabled = False  # the teacher's memory is its own question (models/teacher.py)
+  c.batch_size = batch
+  c.model.embed_dim = dim
+  c.loss.sample_rate = sample_rate
+  c.mesh.data, c.mesh.model = mesh_shape
+  from losses import partial_fc
+  partial_fc.validate_partial_fc_config(c, num_classes, mesh_shape[1])
+  mesh = train.create_mesh(c)
+  model = build_model(c.model)
+  lr_fn = train.create_learning_rate_fn(c)
+  tx = train.create_optimizer(c, lr_fn)
+  init_fn = functools.partial(train.init_train_state, c, model, tx, num_classes=num_classes,
+                              mesh=mesh)
+  abstract = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  shardings = train.state_shardings(abstract, c, mesh)
+  state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                       abstract, shardings)
+  batch_sharding = NamedSharding(mesh, P(train.BATCH_AXES))
+  size = c.data.image_size
+  batch_in = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8,
+                                            sharding=batch_sharding),
+              'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding)}
+  step = jax.jit(train.make_train_step(c, model, tx, lr_fn, num_classes),
+                 in_shardings=(shardings, batch_sharding, NamedSharding(mesh, P())),
+                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch_in, jax.random.PRNGKey(0)).compile()
+  mem = compiled.memory_analysis()
+  per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  w_spec = shardings.params['head']['centers'].spec
+  return {'what': 'train.py step', 'per_device_bytes': per_device,
+          'per_device_gib': per_device / GIB, 'arguments': mem.argument_size_in_bytes,
+          'outputs': mem.output_size_in_bytes, 'temp': mem.temp_size_in_bytes,
+          'aliased': mem.alias_size_in_bytes, 'centers_spec': str(w_spec),
+          'compile_s': time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------------------------------------
 # Driver: one subprocess per case.
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +299,9 @@ def run_case(case):
                   case['steps'])
   elif kind == 'torch':
     out = run_torch(case['classes'], case['rate'], case['batch'], case['dim'], case['steps'])
+  elif kind == 'aot_train':
+    out = aot_train_step_bytes(case['classes'], case['rate'], case['batch'], case['dim'],
+                               case['devices'], tuple(case['mesh']))
   else:
     out = aot_bytes(case['classes'], case['rate'], case['batch'], case['dim'],
                     case['devices'], tuple(case['mesh']))
@@ -289,6 +344,7 @@ def main():
                       help='skip a case whose estimate exceeds this (machine is shared)')
   parser.add_argument('--probe', action='store_true')
   parser.add_argument('--pod', action='store_true')
+  parser.add_argument('--pod_train_step', action='store_true')
   args = parser.parse_args()
 
   if args.case:
@@ -300,6 +356,12 @@ def main():
     # Head step for a 64-chip pod: W split over all 64 devices, compiled from abstract inputs.
     for rate in [float(r) for r in args.rates.split(',')]:
       emit(spawn(dict(base, kind='aot', classes=29_000_000, rate=rate, dim=512,
+                      devices=64, mesh=[1, 64])))
+    return
+  if args.pod_train_step:
+    # The whole train.py step for a 64-chip pod, W split over all 64 devices.
+    for rate in [float(r) for r in args.rates.split(',')]:
+      emit(spawn(dict(base, kind='aot_train', classes=29_000_000, rate=rate, dim=512,
                       devices=64, mesh=[1, 64])))
     return
   if args.probe:

@@ -41,6 +41,9 @@ def parse_args(argv=None):
   p.add_argument('--conv_impls', default='auto',
                  help='config.model.conv_impl values to time (comma-separated)')
   p.add_argument('--dtypes', default='float32', help='config.model.dtype values (JAX side)')
+  p.add_argument('--xla_flag_sets', default='',
+                 help="';'-separated XLA_FLAGS for extra JAX candidates, added to main.py's, e.g. "
+                      "'--xla_cpu_multi_thread_eigen=true' (XLA's default)")
   p.add_argument('--torch_layouts', default='nchw,nhwc')
   p.add_argument('--rounds', type=int, default=7)
   p.add_argument('--warmup', type=int, default=2)
@@ -48,6 +51,8 @@ def parse_args(argv=None):
   p.add_argument('--forward_batches', default='1,64')
   p.add_argument('--default_malloc', action='store_true',
                  help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
+  p.add_argument('--default_xla_flags', action='store_true',
+                 help="JAX workers without main.py's XLA_CPU_FLAGS (benchmarks/timing.py)")
   # Internal: run as one candidate's worker process.
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   p.add_argument('--variant', default='', help=argparse.SUPPRESS)
@@ -170,13 +175,18 @@ def worker(args):
 class Worker:
   """A candidate's process: request() sends one request line and returns its timing."""
 
-  def __init__(self, framework, variant, batch, args):
+  def __init__(self, framework, variant, batch, args, xla_flags=''):
     cmd = [sys.executable, os.path.abspath(__file__), f'--worker={framework}',
            f'--variant={variant}', f'--batch={batch}', f'--image_size={args.image_size}',
            f'--num_classes={args.num_classes}', f'--warmup={args.warmup}',
            f'--forward_batches={args.forward_batches}'] + (['--forward'] if args.forward else [])
-    self.name = (framework, variant)
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.name = (framework, variant + (f' {xla_flags}' if xla_flags else ''))
+    # JAX runs as main.py runs it (its XLA_CPU_FLAGS), then the candidate's own flags (XLA takes
+    # the last value of a repeated flag).
+    base = '' if args.default_xla_flags or framework != 'jax' else timing.XLA_CPU_FLAGS
+    env = dict(os.environ, XLA_FLAGS=f'{base} {xla_flags}'.strip())
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
 
   def _read(self):
     for line in self.proc.stdout:
@@ -230,14 +240,16 @@ def main():
     worker(args)
     return
   meta = {'image_size': args.image_size, 'num_classes': args.num_classes}
-  variants = [('jax', f'{i}/{c}/{d}') for i in args.impls.split(',')
+  variants = [('jax', f'{i}/{c}/{d}', '') for i in args.impls.split(',')
               for c in args.conv_impls.split(',') for d in args.dtypes.split(',')]
-  variants += [('torch', l) for l in args.torch_layouts.split(',') if l]
+  variants += [('jax', f'{args.impls.split(",")[0]}/{args.conv_impls.split(",")[0]}/float32', f)
+               for f in args.xla_flag_sets.split(';') if f]
+  variants += [('torch', l, '') for l in args.torch_layouts.split(',') if l]
   for batch in (int(b) for b in args.batches.split(',')):
     # Started one at a time: compiling in parallel would only slow every start-up down.
     workers = []
-    for framework, variant in variants:
-      workers.append(Worker(framework, variant, batch, args))
+    for framework, variant, flags in variants:
+      workers.append(Worker(framework, variant, batch, args, flags))
       workers[-1].wait_ready()
     report('train_step', interleaved(workers, 'train', args.rounds), batch, meta)
     if args.forward:

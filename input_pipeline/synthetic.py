@@ -341,8 +341,14 @@ class SyntheticDocuments:
     return {'image': image, 'label': label}
 
   def example_of(self, label, index):
-    """Capture number `index` of a given class (for fixed evaluation sets)."""
+    """Capture number `index` of a given class (for fixed evaluation sets).
+
+    The class is folded into the seed: capture k of every class gets its own background, pose
+    and lighting. (Seeding by `index` alone gave capture k of all classes the same ones, so
+    different documents on the same background out-scored captures of one document.)
+    """
     seed = tf.stack([tf.constant(self.seed, tf.int64) + 7919, tf.cast(index, tf.int64)])
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(label, tf.int64))
     s = tf.random.experimental.stateless_split(seed, 2)
     variant = tf.random.stateless_uniform((), s[0], 0, NUM_VARIANTS, dtype=tf.int32)
     template = self._images[label, variant]

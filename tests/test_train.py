@@ -1,4 +1,5 @@
 """End to end on 8 faked devices: train, eval, checkpoint, resume, NaN stop, config errors."""
+import json
 import os
 import signal
 import subprocess
@@ -121,3 +122,11 @@ def test_sigkill_then_restart_resumes_from_last_checkpoint(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'Resumed from checkpoint at step {saved}' in result.stderr
   assert str(saved + 10) in os.listdir(ckpt)
+  # The held-out figures of the finished run can be recomputed outside training.
+  heldout = subprocess.run([sys.executable, '-m', 'evaluation.heldout', f'--workdir={tmp_path}',
+                            '--capture_strength=1.0'], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=240)
+  assert heldout.returncode == 0, heldout.stderr[-3000:]
+  figures = json.loads(heldout.stdout.strip().splitlines()[-1])
+  assert figures['capture_strength'] == 1.0 and f'step {saved + 10}' in figures['checkpoint']
+  assert 0.0 <= figures['tpr@fpr=1e-04'] <= 1.0 and figures['pairs_positive'] > 0
