@@ -11,15 +11,6 @@ MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=429496729
 if 'GLIBC_TUNABLES' not in os.environ and not os.environ.get('DOCEMBED_DEFAULT_MALLOC'):
   os.environ['GLIBC_TUNABLES'] = MALLOC_TUNABLES
   os.execv(sys.executable, [sys.executable] + sys.argv)
-# CPU speed (issue 7): XLA:CPU already runs a step's independent ops side by side on its thread
-# pool; letting Eigen also split each matrix product over the same cores oversubscribes them
-# (batch 64: 265 vs 308 ms/step, batch 256: 1351 vs 2035; benchmarks/train_step_speed.py,
-# README). Affects only the CPU backend; read when jax starts, so set before importing it.
-# DOCEMBED_DEFAULT_XLA_FLAGS=1, or the flag in XLA_FLAGS, keeps XLA's choice.
-XLA_CPU_FLAGS = '--xla_cpu_multi_thread_eigen=false'
-if (not os.environ.get('DOCEMBED_DEFAULT_XLA_FLAGS')
-    and 'xla_cpu_multi_thread_eigen' not in os.environ.get('XLA_FLAGS', '')):
-  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CPU_FLAGS}".strip()
 
 from absl import app
 from absl import flags

@@ -41,7 +41,6 @@ def main():
   p.add_argument('--top', type=int, default=15)
   args = p.parse_args()
   timing.reexec_with_malloc_tunables(True)
-  os.environ.setdefault('XLA_FLAGS', timing.XLA_CPU_FLAGS)  # as main.py runs the step
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)

@@ -18,10 +18,6 @@ MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=429496729
                    'glibc.malloc.trim_threshold=4294967296')
 
 
-# main.py's XLA_CPU_FLAGS (one Eigen thread per op: XLA runs independent ops concurrently).
-XLA_CPU_FLAGS = '--xla_cpu_multi_thread_eigen=false'
-
-
 def reexec_with_malloc_tunables(enabled):
   """Restarts this script with MALLOC_TUNABLES set (no-op when already set or disabled)."""
   if not enabled or os.environ.get('GLIBC_TUNABLES'):

@@ -8,10 +8,10 @@ Times train.make_train_step (the real step: configs/arcface_clip.py:demo model, 
 benchmarks/torch_lcnet.py (NCHW and channels-last). Data loading is not timed: batches are
 prepared beforehand.
 
-Every candidate lives in its own worker process (XLA's and PyTorch's thread pools in one process
-slow each other down: in one process the JAX step measured 749 ms against 293 ms alone), set up
-and warmed up once; the parent then asks the workers for one step each, round-robin, so a burst
-of load from elsewhere hits every candidate alike. One JSON line per candidate with median
+Every candidate runs in a fresh worker process, alone (XLA's and PyTorch's thread pools in one
+process slow each other down: there the JAX step measured 749 ms against 293 ms alone; and with
+several JAX processes alive one of them sometimes ran 3-4x slower): --passes rounds over the
+candidates, --rounds timed steps each after --warmup, medians over all passes (timed_passes()). One JSON line per candidate with median
 ms/step, images/s and the ratio JAX/PyTorch (against the faster PyTorch layout). --forward also
 times the inference forward pass (inference/model.make_embed_fn) at --forward_batches against
 the twin in eval mode.
@@ -42,17 +42,16 @@ def parse_args(argv=None):
                  help='config.model.conv_impl values to time (comma-separated)')
   p.add_argument('--dtypes', default='float32', help='config.model.dtype values (JAX side)')
   p.add_argument('--xla_flag_sets', default='',
-                 help="';'-separated XLA_FLAGS for extra JAX candidates, added to main.py's, e.g. "
-                      "'--xla_cpu_multi_thread_eigen=true' (XLA's default)")
+                 help="';'-separated XLA_FLAGS for extra JAX candidates, e.g. "
+                      "'--xla_cpu_multi_thread_eigen=false'")
   p.add_argument('--torch_layouts', default='nchw,nhwc')
-  p.add_argument('--rounds', type=int, default=7)
+  p.add_argument('--passes', type=int, default=3, help='fresh worker per candidate per pass')
+  p.add_argument('--rounds', type=int, default=5, help='timed steps per worker per pass')
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--forward', action='store_true', help='also time the inference forward pass')
   p.add_argument('--forward_batches', default='1,64')
   p.add_argument('--default_malloc', action='store_true',
                  help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
-  p.add_argument('--default_xla_flags', action='store_true',
-                 help="JAX workers without main.py's XLA_CPU_FLAGS (benchmarks/timing.py)")
   # Internal: run as one candidate's worker process.
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   p.add_argument('--variant', default='', help=argparse.SUPPRESS)
@@ -181,10 +180,7 @@ class Worker:
            f'--num_classes={args.num_classes}', f'--warmup={args.warmup}',
            f'--forward_batches={args.forward_batches}'] + (['--forward'] if args.forward else [])
     self.name = (framework, variant + (f' {xla_flags}' if xla_flags else ''))
-    # JAX runs as main.py runs it (its XLA_CPU_FLAGS), then the candidate's own flags (XLA takes
-    # the last value of a repeated flag).
-    base = '' if args.default_xla_flags or framework != 'jax' else timing.XLA_CPU_FLAGS
-    env = dict(os.environ, XLA_FLAGS=f'{base} {xla_flags}'.strip())
+    env = dict(os.environ, XLA_FLAGS=xla_flags) if xla_flags else None
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=env)
 
@@ -207,13 +203,30 @@ class Worker:
     self.proc.wait()
 
 
-def interleaved(workers, what, rounds):
-  times = {w.name: {'wall_ms': [], 'cpu_ms': []} for w in workers}
-  for _ in range(rounds):
-    for w in workers:
-      t = w.request(what)
-      times[w.name]['wall_ms'].append(t['wall_ms'])
-      times[w.name]['cpu_ms'].append(t['cpu_ms'])
+def timed_passes(variants, batch, args):
+  """{(kind, batch): {name: samples}}: `passes` rounds over the candidates, each candidate in a
+  fresh worker process that is alone on the machine while it runs.
+
+  Only one worker lives at a time: with several JAX workers alive (even idle), one of them would
+  now and then run its steps 3-4x slower while using twice the CPU (seen with every flag and
+  start order). Each pass starts one candidate later, so slow phases of the machine hit all alike.
+  """
+  times = {}
+  kinds = [('train_step', batch, 'train')]
+  if args.forward:
+    kinds += [('forward', int(b), f'forward{b}') for b in args.forward_batches.split(',')]
+  for p in range(args.passes):
+    for framework, variant, flags in variants[p % len(variants):] + variants[:p % len(variants)]:
+      w = Worker(framework, variant, batch, args, flags)
+      w.wait_ready()
+      for kind, b, what in kinds:
+        samples = times.setdefault((kind, b), {}).setdefault(
+            w.name, {'wall_ms': [], 'cpu_ms': []})
+        for _ in range(args.rounds * (2 if kind == 'forward' else 1)):
+          t = w.request(what)
+          samples['wall_ms'].append(t['wall_ms'])
+          samples['cpu_ms'].append(t['cpu_ms'])
+      w.close()
   return times
 
 
@@ -246,18 +259,9 @@ def main():
                for f in args.xla_flag_sets.split(';') if f]
   variants += [('torch', l, '') for l in args.torch_layouts.split(',') if l]
   for batch in (int(b) for b in args.batches.split(',')):
-    # Started one at a time: compiling in parallel would only slow every start-up down.
-    workers = []
-    for framework, variant, flags in variants:
-      workers.append(Worker(framework, variant, batch, args, flags))
-      workers[-1].wait_ready()
-    report('train_step', interleaved(workers, 'train', args.rounds), batch, meta)
-    if args.forward:
-      for b in args.forward_batches.split(','):
-        report('forward', interleaved(workers, f'forward{b}', args.rounds * 2), int(b), meta)
-      args.forward = False  # forward figures do not depend on the training batch
-    for w in workers:
-      w.close()
+    for (kind, b), times in timed_passes(variants, batch, args).items():
+      report(kind, times, b, meta)
+    args.forward = False  # forward figures do not depend on the training batch
 
 
 if __name__ == '__main__':

@@ -1,7 +1,5 @@
 """models/layers.py: every depthwise and dense conv implementation computes XLA's conv (values and
-gradients); the CPU settings the benchmarks share with main.py."""
-import os
-
+gradients)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -137,13 +135,3 @@ def test_conv_module_keeps_nn_conv_parameters():
     layers.resolve_conv_impl('im2col')
   assert layers.resolve_conv_impl('auto') == 'matmul'  # tests run on the CPU backend
 
-
-def test_benchmarks_time_the_step_with_main_py_cpu_settings():
-  """benchmarks/timing.py repeats main.py's start-up settings (main.py re-executes itself on
-  import, so it is read as text): the benchmarks must time what users run."""
-  from benchmarks import timing
-  with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                         'main.py')) as f:
-    main_src = f.read()
-  assert f"XLA_CPU_FLAGS = '{timing.XLA_CPU_FLAGS}'" in main_src
-  assert all(t in main_src for t in timing.MALLOC_TUNABLES.split(':'))
