@@ -216,12 +216,17 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
                                  g / grad_norm * opt.grad_clip_norm)
       grads, row_grads = jax.tree.map(clip, (grads, row_grads))
       updates, tx_state = tx.update(grads, state.opt_state['tx'], others)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      # A skipped step leaves W's rows as they were inside the sparse update, so W and its
+      # moments are not passed through the whole-state select below.
       new_centers, moments = partial_fc.sparse_adamw_update(
           centers, state.opt_state['centers'], sample.index, row_grads, step=state.step + 1,
           learning_rate=lr_fn(state.step), b1=opt.b1, b2=opt.b2,
-          weight_decay=opt.weight_decay)
-      params = dict(optax.apply_updates(others, updates), head={'centers': new_centers})
-      opt_state = {'tx': tx_state, 'centers': moments}
+          weight_decay=opt.weight_decay, apply=finite)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params = dict(keep(optax.apply_updates(others, updates), others),
+                    head={'centers': new_centers})
+      opt_state = {'tx': keep(tx_state, state.opt_state['tx']), 'centers': moments}
     else:
       head = lambda params: lambda emb: head_loss(config, emb, batch['label'],
                                                   params['head']['centers'], num_classes,
@@ -230,14 +235,15 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
           lambda p: forward(p, head(p)), has_aux=True)(state.params)
       grad_norm = optax.tree.norm(grads)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+      params = keep(optax.apply_updates(state.params, updates), state.params)
+      opt_state = keep(opt_state, state.opt_state)
     new_state = TrainState(
         step=state.step + 1,
-        params=keep(params, state.params),
+        params=params,
         batch_stats=keep(batch_stats, state.batch_stats),
-        opt_state=keep(opt_state, state.opt_state),
+        opt_state=opt_state,
         nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_fn(state.step))
     return new_state, metrics

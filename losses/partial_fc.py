@@ -260,18 +260,21 @@ def partial_fc_loss(embeddings, labels, centers, rng, loss_config, *, num_classe
 # ---------------------------------------------------------------------------------------------
 
 def sparse_adamw_update(centers, moments, index, row_grads, *, step, learning_rate, mesh=None,
-                        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0):
+                        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, apply=True):
   """AdamW on the sampled rows of W only; returns (new centers, new moments).
 
   row_grads: d loss / d rows [num_shards * S, D] P('model', None), already summed over 'data'.
   step: 1-based update count for bias correction (the global step, as in lazy Adam).
+  apply: scalar bool; False writes the rows back unchanged (a skipped step), without touching
+  the rest of W as a whole-matrix select would.
   Donate centers and moments to the enclosing jit so the scatters happen in place.
   """
   mesh = mesh_of(centers) if mesh is None else mesh
   step = jnp.asarray(step, jnp.float32)
   lr = jnp.asarray(learning_rate, jnp.float32)
+  apply = jnp.asarray(apply, bool)
 
-  def per_shard(w, mu, nu, i, g):
+  def per_shard(w, mu, nu, i, g, apply):
     take = functools.partial(jnp.take, indices=i, axis=0, indices_are_sorted=True,
                              unique_indices=True, mode='clip')
     w_i, mu_i, nu_i = take(w), take(mu), take(nu)
@@ -279,13 +282,14 @@ def sparse_adamw_update(centers, moments, index, row_grads, *, step, learning_ra
     nu_i = b2 * nu_i + (1.0 - b2) * g * g
     mu_hat = mu_i / (1.0 - b1 ** step)
     nu_hat = nu_i / (1.0 - b2 ** step)
-    w_i = w_i - lr * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * w_i)
-    put = lambda a, v: a.at[i].set(v, indices_are_sorted=True, unique_indices=True, mode='drop')
-    return put(w, w_i), put(mu, mu_i), put(nu, nu_i)
+    new_w_i = w_i - lr * (mu_hat / (jnp.sqrt(nu_hat) + eps) + weight_decay * w_i)
+    put = lambda a, new, old: a.at[i].set(jnp.where(apply, new, old), indices_are_sorted=True,
+                                          unique_indices=True, mode='drop')
+    return put(w, new_w_i, w_i), put(mu, mu_i, take(mu)), put(nu, nu_i, take(nu))
 
   spec = P('model', None)
-  f = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec, P('model'), spec),
+  f = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec, P('model'), spec, P()),
                     out_specs=(spec, spec, spec), check_vma=False)
   w, mu, nu = f(centers, moments['mu'], moments['nu'], index,
-                _constrain(row_grads, mesh, spec))
+                _constrain(row_grads, mesh, spec), apply)
   return w, {'mu': mu, 'nu': nu}

@@ -101,3 +101,22 @@ def test_unknown_center_update_is_a_config_error(tiny_config):
   from configs.validate import ConfigError, validate_config
   with pytest.raises(ConfigError, match='config.loss.center_update'):
     validate_config(_config(tiny_config, **{'loss.center_update': 'lazy'}), num_devices=8)
+
+
+def test_skipped_step_leaves_w_and_moments_untouched():
+  """apply=False (a non-finite step in train.py) writes the sampled rows back unchanged."""
+  mesh = jax.make_mesh((4, 2), ('data', 'model'),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  w = partial_fc.init_centers(jax.random.PRNGKey(0), 64, 8, mesh)
+  moments = partial_fc.init_adam_moments(w)
+  moments = {k: v + 0.5 for k, v in moments.items()}
+  index = jax.device_put(np.array([1, 5, 7, 9, 0, 3, 4, 30], np.int32),
+                         NamedSharding(mesh, P('model')))
+  grads = jax.device_put(np.full((8, 8), np.nan, np.float32),
+                         NamedSharding(mesh, P('model', None)))
+  for apply, same in ((False, True), (True, False)):
+    new_w, new_m = jax.jit(functools.partial(partial_fc.sparse_adamw_update, step=1,
+                                             learning_rate=0.1, apply=apply))(
+                                                 w, moments, index, grads)
+    assert np.array_equal(np.asarray(new_w), np.asarray(w)) == same
+    assert np.array_equal(np.asarray(new_m['mu']), np.asarray(moments['mu'])) == same
