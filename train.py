@@ -177,6 +177,9 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
   argument, outside TrainState, so they get no gradient, optimizer state or checkpoint."""
   opt = config.optimizer
 
+  def keep_if(finite, new, old):  # a non-finite step leaves the state as it was
+    return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
   def train_step(state, batch, rng, teacher_params=None):
     step_rng = jax.random.fold_in(rng, state.step)
     dropout_rng, head_rng = jax.random.split(step_rng)
@@ -223,10 +226,9 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
           centers, state.opt_state['centers'], sample.index, row_grads, step=state.step + 1,
           learning_rate=lr_fn(state.step), b1=opt.b1, b2=opt.b2,
           weight_decay=opt.weight_decay, apply=finite)
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      params = dict(keep(optax.apply_updates(others, updates), others),
+      params = dict(keep_if(finite, optax.apply_updates(others, updates), others),
                     head={'centers': new_centers})
-      opt_state = {'tx': keep(tx_state, state.opt_state['tx']), 'centers': moments}
+      opt_state = {'tx': keep_if(finite, tx_state, state.opt_state['tx']), 'centers': moments}
     else:
       head = lambda params: lambda emb: head_loss(config, emb, batch['label'],
                                                   params['head']['centers'], num_classes,
@@ -236,13 +238,12 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
       grad_norm = optax.tree.norm(grads)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-      params = keep(optax.apply_updates(state.params, updates), state.params)
-      opt_state = keep(opt_state, state.opt_state)
+      params = keep_if(finite, optax.apply_updates(state.params, updates), state.params)
+      opt_state = keep_if(finite, opt_state, state.opt_state)
     new_state = TrainState(
         step=state.step + 1,
         params=params,
-        batch_stats=keep(batch_stats, state.batch_stats),
+        batch_stats=keep_if(finite, batch_stats, state.batch_stats),
         opt_state=opt_state,
         nonfinite_steps=state.nonfinite_steps + (1 - finite.astype(jnp.int32)))
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=lr_fn(state.step))
@@ -254,6 +255,25 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
 # ---------------------------------------------------------------------------------------------
 # Checkpoints.
 # ---------------------------------------------------------------------------------------------
+
+def create_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
+  """(state initialised in place on the mesh, its shardings by the rules above)."""
+  init_fn = functools.partial(init_train_state, config, model, tx, num_classes=num_classes,
+                              mesh=mesh, teacher_dim=teacher_dim)
+  shardings = state_shardings(jax.eval_shape(init_fn, rng), config, mesh)
+  return jax.jit(init_fn, out_shardings=shardings)(rng), shardings
+
+
+def jit_train_step(config, model, tx, lr_fn, num_classes, mesh, shardings, teacher=None):
+  """make_train_step jitted: state donated, batch split over every device, rng and teacher
+  parameters replicated. Call as step(state, batch, rng, teacher_params or None)."""
+  batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
+  replicated = NamedSharding(mesh, P())
+  return jax.jit(
+      make_train_step(config, model, tx, lr_fn, num_classes, teacher=teacher),
+      in_shardings=(shardings, batch_sharding, replicated, replicated),
+      out_shardings=(shardings, replicated), donate_argnums=(0,))
+
 
 def create_checkpoint_manager(config, workdir):
   options = ocp.CheckpointManagerOptions(
@@ -339,11 +359,8 @@ def train_and_evaluate(config, workdir):
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  init_fn = functools.partial(init_train_state, config, model, tx, num_classes=num_classes,
-                              mesh=mesh, teacher_dim=teacher_dim)
-  abstract_state = jax.eval_shape(init_fn, init_rng)
-  shardings = state_shardings(abstract_state, config, mesh)
-  state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+  state, shardings = create_train_state(config, model, tx, init_rng, num_classes, mesh,
+                                        teacher_dim)
   if config.model.pretrained and not start_step:  # ImageNet init of the backbone (issue 5)
     variables = convert_torch_weights.init_backbone_from_pretrained(
         {'params': state.params['model'], 'batch_stats': state.batch_stats},
@@ -358,11 +375,7 @@ def train_and_evaluate(config, workdir):
   writer.write_hparams({'num_params': num_params, 'num_classes': num_classes})
 
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
-  replicated = NamedSharding(mesh, P())
-  train_step = jax.jit(
-      make_train_step(config, model, tx, lr_fn, num_classes, teacher=teacher),
-      in_shardings=(shardings, batch_sharding, replicated, replicated),
-      out_shardings=(shardings, replicated), donate_argnums=(0,))
+  train_step = jit_train_step(config, model, tx, lr_fn, num_classes, mesh, shardings, teacher)
 
   eval_sets = evaluators.build_eval_sets(config)
   embed_fn = evaluators.make_embed_fn(model, mesh, batch_sharding)

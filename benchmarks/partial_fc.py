@@ -271,11 +271,9 @@ def aot_train_step_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh
   batch_in = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), jnp.uint8,
                                             sharding=batch_sharding),
               'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=batch_sharding)}
-  step = jax.jit(train.make_train_step(c, model, tx, lr_fn, num_classes),
-                 in_shardings=(shardings, batch_sharding, NamedSharding(mesh, P())),
-                 out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=(0,))
+  step = train.jit_train_step(c, model, tx, lr_fn, num_classes, mesh, shardings)
   t0 = time.perf_counter()
-  compiled = step.lower(state, batch_in, jax.random.PRNGKey(0)).compile()
+  compiled = step.lower(state, batch_in, jax.random.PRNGKey(0), None).compile()
   mem = compiled.memory_analysis()
   per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes
                 + mem.temp_size_in_bytes - mem.alias_size_in_bytes)

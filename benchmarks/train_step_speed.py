@@ -17,7 +17,6 @@ times the inference forward pass (inference/model.make_embed_fn) at --forward_ba
 the twin in eval mode.
 """
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -85,19 +84,14 @@ def jax_candidate(args, images, labels):
   tx = train.create_optimizer(config, lr_fn)
   rng = jax.random.PRNGKey(0)
   # As train.train_and_evaluate builds and jits the step.
-  init_fn = functools.partial(train.init_train_state, config, model, tx,
-                              num_classes=args.num_classes, mesh=mesh)
-  shardings = train.state_shardings(jax.eval_shape(init_fn, rng), config, mesh)
-  batch_sharding = NamedSharding(mesh, P(train.BATCH_AXES))
-  replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(train.make_train_step(config, model, tx, lr_fn, args.num_classes),
-                    in_shardings=(shardings, batch_sharding, replicated),
-                    out_shardings=(shardings, replicated), donate_argnums=(0,))
-  state = {'state': jax.jit(init_fn, out_shardings=shardings)(rng)}
-  device_batch = train.global_batch({'image': images, 'label': labels}, batch_sharding)
+  initial, shardings = train.create_train_state(config, model, tx, rng, args.num_classes, mesh)
+  step_fn = train.jit_train_step(config, model, tx, lr_fn, args.num_classes, mesh, shardings)
+  state = {'state': initial}
+  device_batch = train.global_batch({'image': images, 'label': labels},
+                                    NamedSharding(mesh, P(train.BATCH_AXES)))
 
   def run():
-    state['state'], metrics = step_fn(state['state'], device_batch, rng)
+    state['state'], metrics = step_fn(state['state'], device_batch, rng, None)
     jax.block_until_ready(metrics['loss'])
 
   def forward(fwd_images):

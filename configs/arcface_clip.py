@@ -59,7 +59,7 @@ def get_config(arg=None):
     # Captures at half the full degradation (README "What the demo gives"): at full strength the
     # demo model reaches held-out AUROC 0.75 and TPR@1e-4 0.002 in this budget, at 0.5 AUROC 0.96
     # and TPR@1e-4 0.08. 100 held-out templates (79,200 negative pairs): FPR 1e-4 is then decided
-    # by the 8 highest negatives, not 2.
+    # by the 7 highest negatives, not 1.
     c.data.synthetic.capture_strength = 0.5
     c.data.synthetic.heldout_templates = 100
     c.batch_size = 64

@@ -29,7 +29,6 @@ def main(argv):
   from inference import model as model_lib  # pylint: disable=g-import-not-at-top
   from inference.images import InputError  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
   try:
     config = model_lib.read_workdir_config(FLAGS.workdir)
     model = model_lib.load_checkpoint(FLAGS.workdir, FLAGS.step)
@@ -42,8 +41,7 @@ def main(argv):
     if getattr(FLAGS, name) is not None:
       syn[name] = getattr(FLAGS, name)
   images, labels, is_register = synthetic.heldout_set(syn, config.data.image_size)
-  embeddings = np.concatenate([np.asarray(model.batch_fn(images[i:i + FLAGS.batch_size]))
-                               for i in range(0, len(images), FLAGS.batch_size)])
+  embeddings = model.embed(images, batch_size=FLAGS.batch_size)
   figures = evaluators.evaluate_embeddings(embeddings, labels, is_register)
   print(json.dumps(dict(checkpoint=model.source, **{
       k: syn[k] for k in ('capture_strength', 'heldout_templates', 'heldout_captures')},

@@ -46,15 +46,20 @@ def same_padding(size, kernel_size, stride):
   return total // 2, total - total // 2, out
 
 
-def _sum_of_taps(xp, taps, stride, out_hw):
-  """sum over taps (i, j, w) of xp[:, i::stride, j::stride, :][:out_h, :out_w] * w."""
+def _tap_view(xp, i, j, stride, out_hw):
+  """xp[:, i::stride, j::stride, :][:, :out_h, :out_w]: the input seen by kernel tap (i, j)."""
   b, _, _, c = xp.shape
   oh, ow = out_hw
+  return jax.lax.slice(xp, (0, i, j, 0),
+                       (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
+                       (1, stride, stride, 1))
+
+
+def _sum_of_taps(xp, taps, stride, out_hw):
+  """sum over taps (i, j, w) of _tap_view(xp, i, j) * w."""
   out = None
   for i, j, w in taps:
-    view = jax.lax.slice(xp, (0, i, j, 0),
-                         (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, c),
-                         (1, stride, stride, 1))
+    view = _tap_view(xp, i, j, stride, out_hw)
     out = view * w if out is None else out + view * w
   return out
 
@@ -96,9 +101,7 @@ def _shifted_vjp_bwd(stride, residuals, g):
   xp, (pt, pl), (oh, ow) = _pad_same(x, k, s)
   # Kernel gradient: one product-and-reduce per tap (XLA:CPU runs reduce(mul) fused).
   dkernel = jnp.stack([
-      jnp.sum(jax.lax.slice(xp, (0, i, j, 0),
-                            (b, i + (oh - 1) * s + 1, j + (ow - 1) * s + 1, c),
-                            (1, s, s, 1)) * g, axis=(0, 1, 2))
+      jnp.sum(_tap_view(xp, i, j, s, (oh, ow)) * g, axis=(0, 1, 2))
       for i in range(k) for j in range(k)]).reshape(k, k, 1, c).astype(kernel.dtype)
   # Input gradient. Padded-input row s*q + r receives g[q - m] * kernel[r + s*m] for m >= 0:
   # for each phase (r1, r2) a stride-1 shifted sum of g with the flipped sub-kernel
@@ -166,19 +169,13 @@ def conv_matmul(x, kernel, stride, padding):
   kh, kw, cin, cout = kernel.shape
   if kh == 1 and kw == 1 and stride == 1:
     return jnp.dot(x, kernel.reshape(cin, cout))
-  b, h, w, _ = x.shape
   if padding == 'SAME':
-    pt, pb, oh = same_padding(h, kh, stride)
-    pl, pr, ow = same_padding(w, kw, stride)
+    xp, _, out_hw = _pad_same(x, kh, stride)  # Conv's kernels are square
   else:
     (pt, pb), (pl, pr) = padding
-    oh = (h + pt + pb - kh) // stride + 1
-    ow = (w + pl + pr - kw) // stride + 1
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-  cols = [jax.lax.slice(xp, (0, i, j, 0),
-                        (b, i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1, cin),
-                        (1, stride, stride, 1))
-          for i in range(kh) for j in range(kw)]
+    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    out_hw = ((xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1)
+  cols = [_tap_view(xp, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
   patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
   return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
 

@@ -14,28 +14,24 @@ NUM_CLASSES = 199  # padded to 200 rows: 100 per model shard
 
 
 def _run_steps(config, num_steps, seed=0):
-  """num_steps of train.make_train_step on the config's mesh; returns the states after each."""
+  """num_steps of train.jit_train_step on the config's mesh; returns host copies of the state
+  before and after each step (the step donates its input state)."""
   mesh = train.create_mesh(config)
   model = build_model(config.model)
   lr_fn = train.create_learning_rate_fn(config)
   tx = train.create_optimizer(config, lr_fn)
-  init_fn = functools.partial(train.init_train_state, config, model, tx,
-                              num_classes=NUM_CLASSES, mesh=mesh)
   rng = jax.random.PRNGKey(seed)
-  shardings = train.state_shardings(jax.eval_shape(init_fn, rng), config, mesh)
+  state, shardings = train.create_train_state(config, model, tx, rng, NUM_CLASSES, mesh)
   batch_sharding = NamedSharding(mesh, P(train.BATCH_AXES))
-  step = jax.jit(train.make_train_step(config, model, tx, lr_fn, NUM_CLASSES),
-                 in_shardings=(shardings, batch_sharding, NamedSharding(mesh, P())),
-                 out_shardings=(shardings, NamedSharding(mesh, P())))
-  state = jax.jit(init_fn, out_shardings=shardings)(rng)
+  step = train.jit_train_step(config, model, tx, lr_fn, NUM_CLASSES, mesh, shardings)
   data = np.random.default_rng(seed)
-  states = [state]
+  states = [jax.device_get(state)]
   for _ in range(num_steps):
     batch = {'image': data.integers(0, 256, (config.batch_size, 32, 32, 3), np.uint8),
              'label': data.integers(0, NUM_CLASSES, (config.batch_size,)).astype(np.int32)}
-    state, metrics = step(state, train.global_batch(batch, batch_sharding), rng)
+    state, metrics = step(state, train.global_batch(batch, batch_sharding), rng, None)
     assert np.isfinite(float(metrics['loss']))
-    states.append(state)
+    states.append(jax.device_get(state))
   return states, shardings
 
 
