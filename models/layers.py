@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp')
+IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp', 'native')
 CONV_IMPLS = ('auto', 'xla', 'matmul')
 # What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
 CPU_DEFAULT_IMPL = 'shifted_vjp'
@@ -36,7 +36,10 @@ def resolve_impl(impl):
     raise ValueError(f'depthwise impl must be one of {IMPLS}, got {impl!r}')
   if impl != 'auto':
     return impl
-  return CPU_DEFAULT_IMPL if jax.default_backend() == 'cpu' else 'xla'
+  if jax.default_backend() != 'cpu':
+    return 'xla'
+  from models.native import depthwise as native  # pylint: disable=g-import-not-at-top
+  return 'native' if native.available() else CPU_DEFAULT_IMPL
 
 
 def same_padding(size, kernel_size, stride):
@@ -123,13 +126,21 @@ def _shifted_vjp_bwd(stride, residuals, g):
 
 depthwise_shifted_vjp.defvjp(_shifted_vjp_fwd, _shifted_vjp_bwd)
 
+def depthwise_native(x, kernel, stride):
+  from models.native.depthwise import depthwise_native as fn  # pylint: disable=g-import-not-at-top
+  return fn(x, kernel, stride)
+
+
 _IMPL_FNS = {'xla': depthwise_xla, 'shifted': depthwise_shifted,
-             'shifted_vjp': depthwise_shifted_vjp}
+             'shifted_vjp': depthwise_shifted_vjp, 'native': depthwise_native}
 
 
 def depthwise_conv(x, kernel, stride=1, impl='auto'):
   """Depthwise conv of NHWC `x` with kernel [k, k, 1, C], 'SAME' padding."""
-  return _IMPL_FNS[resolve_impl(impl)](x, kernel, stride)
+  impl = resolve_impl(impl)
+  if impl == 'native' and x.dtype != jnp.float32:
+    impl = CPU_DEFAULT_IMPL  # the native kernels are float32 only
+  return _IMPL_FNS[impl](x, kernel, stride)
 
 
 class DepthwiseConv(nn.Module):

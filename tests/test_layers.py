@@ -80,7 +80,11 @@ def test_parameter_layout_is_the_same_for_every_impl():
 
 
 def test_auto_picks_per_backend():
-  want = layers.CPU_DEFAULT_IMPL if jax.default_backend() == 'cpu' else 'xla'
+  from models.native import depthwise as native
+  if jax.default_backend() != 'cpu':
+    want = 'xla'
+  else:
+    want = 'native' if native.available() else layers.CPU_DEFAULT_IMPL
   assert layers.resolve_impl('auto') == want
   assert layers.resolve_impl('xla') == 'xla'
 

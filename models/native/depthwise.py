@@ -1,0 +1,189 @@
+"""Depthwise convolution on XLA:CPU through native kernels (depthwise_cpu.cc), as FFI calls.
+
+Built on first use with the machine's C++ compiler into a cache folder, then loaded and
+registered with jax.ffi. When that is not possible (no compiler, another platform), available()
+is False and says why once; models/layers.py then falls back to the pure-JAX formulation.
+
+Why native: the depthwise layers are where the CPU training step spends its time. XLA:CPU runs
+a grouped convolution as a generic loop, and the pure-JAX formulation's kernel gradient makes
+k*k passes over the activations per layer; these kernels make one (benchmarks/ has numbers).
+"""
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'depthwise_cpu.cc')
+TARGETS = {'docembed_dw_forward': 'DwForward', 'docembed_dw_input_grad': 'DwInputGrad',
+           'docembed_dw_kernel_grad': 'DwKernelGrad'}
+# -march=native: the library is built on (and cached per CPU of) the machine that runs it.
+CXXFLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+
+
+def cache_dir():
+  return os.environ.get('DOCEMBED_NATIVE_CACHE') or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'docembed', 'native')
+
+
+def _cpu_signature():
+  try:
+    with open('/proc/cpuinfo') as f:
+      lines = [l for l in f if l.startswith(('model name', 'flags'))][:2]
+  except OSError:
+    lines = []
+  return platform.machine() + ''.join(lines)
+
+
+def _library_path(compiler):
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  h = hashlib.sha256()
+  for part in (open(SOURCE, 'rb').read(), ' '.join(CXXFLAGS).encode(), compiler.encode(),
+               jaxlib.__version__.encode(), _cpu_signature().encode()):
+    h.update(part)
+  return os.path.join(cache_dir(), f'depthwise_cpu_{h.hexdigest()[:16]}.so')
+
+
+def _build(path, compiler):
+  """Compiles to a temporary name in the cache folder, then renames (atomic for readers)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(path))
+  os.close(fd)
+  cmd = [compiler, *CXXFLAGS, '-isystem', jax.ffi.include_dir(), SOURCE, '-o', tmp]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+      raise RuntimeError(f'{compiler} failed ({proc.returncode}): {last}')
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+@functools.cache
+def _load():
+  """(True, path) once the FFI targets are registered, else (False, reason)."""
+  if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'aarch64'):
+    return False, f'native depthwise kernels are built for Linux x86_64/aarch64 only'
+  compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
+  if not compiler:
+    return False, 'no C++ compiler (g++/c++ or $CXX) to build the native depthwise kernels'
+  try:
+    path = _library_path(compiler)
+    if not os.path.exists(path):
+      _build(path, compiler)
+    lib = ctypes.cdll.LoadLibrary(path)
+    for target, symbol in TARGETS.items():
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform='cpu')
+  except (OSError, RuntimeError, AttributeError) as e:
+    return False, f'native depthwise kernels unavailable: {e}'
+  return True, path
+
+
+_warned = []
+
+
+def available():
+  """Whether the native kernels can run here; logs the reason once when they cannot."""
+  ok, why = _load()
+  if not ok and not _warned:
+    logging.warning('%s; using the pure-JAX depthwise convolution.', why)
+    _warned.append(why)
+  return ok
+
+
+def _call(target, out_shape, *args, stride, pad_top, pad_left):
+  ok, why = _load()
+  if not ok:
+    raise RuntimeError(why)
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
+      *args, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
+
+
+def _batch_parallel(target, rule, batched):
+  """The FFI call `target` as an op XLA may split over dim 0 (each image is independent).
+
+  Without this, XLA's partitioner knows nothing about the custom call and would gather a
+  batch-sharded input onto every device. `batched[i]`: operand i is split with the batch (the
+  kernel is replicated). Called as op(out_tail, attrs, *operands): out_tail is the result's
+  shape without its batch dimension, attrs the call's attributes as sorted (name, value) pairs.
+  """
+  from jax.experimental.custom_partitioning import custom_partitioning  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+
+  def call(out_tail, attrs, *operands):
+    return _call(target, (operands[0].shape[0],) + out_tail, *operands, **dict(attrs))
+
+  op = custom_partitioning(call, static_argnums=(0, 1))
+
+  def shardings(mesh, arg_shapes):
+    spec = arg_shapes[0].sharding.spec
+    batch = spec[0] if len(spec) else None
+    return (NamedSharding(mesh, P(batch)),
+            tuple(NamedSharding(mesh, P(batch) if b else P()) for b in batched))
+
+  def infer(out_tail, attrs, mesh, arg_shapes, result_shape):
+    del out_tail, attrs, result_shape
+    return shardings(mesh, arg_shapes)[0]
+
+  def partition(out_tail, attrs, mesh, arg_shapes, result_shape):
+    del result_shape
+    out_sharding, arg_shardings = shardings(mesh, arg_shapes)
+    return mesh, functools.partial(call, out_tail, attrs), out_sharding, arg_shardings
+
+  # Every factor but the batch stays whole, listed in order of appearance (Shardy wants that).
+  factors = dict.fromkeys(rule.replace(',', ' ').replace('->', ' ').split())
+  op.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                   need_replication_factors=tuple(f for f in factors if f != 'n'))
+  return op
+
+
+_forward_op = _batch_parallel('docembed_dw_forward', 'n h w c, i j c -> n p q c', (True, False))
+_input_grad_op = _batch_parallel('docembed_dw_input_grad', 'n p q c, i j c -> n h w c',
+                                 (True, False))
+_kernel_grad_op = _batch_parallel('docembed_dw_kernel_grad', 'n h w c, n p q c -> n i j c',
+                                  (True, True))
+
+
+def _geometry(x_shape, k, stride):
+  """(attrs, (out_h, out_w)) of 'SAME' padding, as the kernels take them."""
+  from models.layers import same_padding  # pylint: disable=g-import-not-at-top
+  _, h, w, _ = x_shape
+  pt, _, oh = same_padding(h, k, stride)
+  pl, _, ow = same_padding(w, k, stride)
+  return (('pad_left', pl), ('pad_top', pt), ('stride', stride)), (oh, ow)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def depthwise_native(x, kernel, stride):
+  """Depthwise conv, NHWC float32 x, kernel [k, k, 1, C], 'SAME' padding (as depthwise_xla)."""
+  return _forward(x, kernel, stride)[0]
+
+
+def _forward(x, kernel, stride):
+  k, c = kernel.shape[0], kernel.shape[-1]
+  attrs, (oh, ow) = _geometry(x.shape, k, stride)
+  y = _forward_op((oh, ow, c), attrs, x, kernel.reshape(k, k, c))
+  return y, (x, kernel)
+
+
+def _backward(stride, residuals, g):
+  x, kernel = residuals
+  k, c = kernel.shape[0], kernel.shape[-1]
+  attrs, _ = _geometry(x.shape, k, stride)
+  dx = _input_grad_op(x.shape[1:], attrs, g, kernel.reshape(k, k, c))
+  per_image = _kernel_grad_op((k, k, c), attrs, x, g)
+  return dx, jnp.sum(per_image, axis=0).reshape(kernel.shape)
+
+
+depthwise_native.defvjp(_forward, _backward)

@@ -1,0 +1,342 @@
+// Depthwise 2-D convolution for XLA:CPU as typed-FFI custom calls (models/native/depthwise.py).
+//
+// Why: XLA:CPU runs a grouped convolution as a generic loop, and the pure-JAX formulations
+// (k*k shifted multiply-adds) need k*k memory passes per layer for the kernel gradient. These
+// kernels make one pass over NHWC float32 data per call, vectorised over channels (the
+// contiguous axis), and split the work over XLA's intra-op thread pool.
+//
+// Geometry (all three calls): input [N, H, W, C], kernel [K, K, C], output [N, OH, OW, C] with
+// input row = out_row * stride + tap_row - pad_top (the same for columns); taps that fall
+// outside the input read zero. This is XLA's 'SAME' padding when pad_top/pad_left are its
+// leading pads; the Python side computes them.
+//
+//   dw_forward         (x, kernel)        -> y
+//   dw_input_grad      (g, kernel)        -> dx       [N, H, W, C]; H, W from the attributes
+//   dw_kernel_grad     (x, g)             -> dk_part  [N, K, K, C]: one partial sum per image,
+//                      so the call is independent per image (XLA sums over N and can split the
+//                      batch over devices).
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Geometry {
+  int64_t n, h, w, c, k, stride, pad_top, pad_left, oh, ow;
+};
+
+// Runs body(begin, end) over [0, units) in chunks, on the calling thread and on XLA's intra-op
+// pool. The caller takes chunks too and returns only when every chunk is done; helpers that
+// start late find nothing left (the shared state outlives them).
+struct ParallelState {
+  std::function<void(int64_t, int64_t)> body;
+  int64_t units = 0, chunk = 1, chunks = 0;
+  std::atomic<int64_t> next{0}, done{0};
+
+  void Work() {
+    for (int64_t i = next.fetch_add(1); i < chunks; i = next.fetch_add(1)) {
+      body(i * chunk, std::min(units, (i + 1) * chunk));
+      done.fetch_add(1, std::memory_order_release);
+    }
+  }
+};
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t units,
+                 std::function<void(int64_t, int64_t)> body) {
+  if (units <= 0) return;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (threads == 1 || units == 1) {
+    body(0, units);
+    return;
+  }
+  auto state = std::make_shared<ParallelState>();
+  state->body = std::move(body);
+  state->units = units;
+  // A few chunks per thread evens out uneven rows; more would only add overhead.
+  state->chunks = std::min(units, threads * 4);
+  state->chunk = (units + state->chunks - 1) / state->chunks;
+  state->chunks = (units + state->chunk - 1) / state->chunk;
+  for (int64_t t = 1; t < std::min(threads, state->chunks); ++t) {
+    pool.Schedule([state] { state->Work(); });
+  }
+  state->Work();
+  while (state->done.load(std::memory_order_acquire) < state->chunks) {
+    std::this_thread::yield();
+  }
+}
+
+// acc[0:C] += a[0:C] * b[0:C]. CC > 0: channel count known at compile time (fully vectorised).
+template <int CC>
+inline void Fma(float* __restrict acc, const float* __restrict a, const float* __restrict b,
+                int64_t c) {
+  const int64_t n = CC > 0 ? CC : c;
+#pragma GCC ivdep
+  for (int64_t i = 0; i < n; ++i) acc[i] += a[i] * b[i];
+}
+
+// Stride 1 works on whole rows: with NHWC rows flattened to (column, channel), a tap (i, j) is
+// one contiguous multiply-add between two rows shifted by a whole number of pixels, with the
+// tap's weights repeating every C floats. Rows are processed in blocks of Period<CC> floats (a
+// multiple of both C and the 16-float vector), so even C = 8 runs full-width vector loops.
+constexpr int64_t Gcd(int64_t a, int64_t b) { return b == 0 ? a : Gcd(b, a % b); }
+template <int CC>
+constexpr int64_t Period() { return CC > 0 ? CC / Gcd(CC, 16) * 16 : 0; }
+
+// out[0:len) += in[0:len) * weights[l % C]; `tiled` holds the weights repeated to Period<CC>.
+template <int CC>
+inline void RowAxpy(float* __restrict out, const float* __restrict in,
+                    const float* __restrict tiled, int64_t len, int64_t c) {
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  int64_t l = 0;
+  for (; l + p <= len; l += p) {
+#pragma GCC ivdep
+    for (int64_t m = 0; m < p; ++m) out[l + m] += in[l + m] * tiled[m];
+  }
+  for (int64_t m = 0; l + m < len; ++m) out[l + m] += in[l + m] * tiled[m];
+}
+
+// tiled[0:Period) += sum over l of a[l] * b[l], folded by position modulo Period.
+template <int CC>
+inline void RowDot(float* __restrict tiled, const float* __restrict a,
+                   const float* __restrict b, int64_t len, int64_t c) {
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  int64_t l = 0;
+  for (; l + p <= len; l += p) {
+#pragma GCC ivdep
+    for (int64_t m = 0; m < p; ++m) tiled[m] += a[l + m] * b[l + m];
+  }
+  for (int64_t m = 0; l + m < len; ++m) tiled[m] += a[l + m] * b[l + m];
+}
+
+// The kernel's taps, each repeated to Period<CC> floats: [K*K][period].
+template <int CC>
+std::unique_ptr<float[]> TileKernel(const float* kern, int64_t taps, int64_t c) {
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  std::unique_ptr<float[]> tiled(new float[taps * p]);
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t m = 0; m < p; ++m) tiled[t * p + m] = kern[t * c + m % c];
+  return tiled;
+}
+
+// Columns [lo, hi) of the output row whose tap-j input column col*s + j - pl is inside [0, W).
+inline void ValidColumns(const Geometry& g, int64_t j, int64_t* lo, int64_t* hi) {
+  // col*s + j - pl >= 0  and  col*s + j - pl <= W - 1
+  const int64_t a = g.pad_left - j, s = g.stride;
+  *lo = a <= 0 ? 0 : (a + s - 1) / s;
+  *hi = std::min<int64_t>(g.ow, (g.w - 1 + a) / s + 1);
+  if (g.w - 1 + a < 0) *hi = 0;
+}
+
+template <int CC>
+void ForwardRows(const Geometry& g, const float* x, const float* kern, float* y, int64_t begin,
+                 int64_t end) {
+  const int64_t c = CC > 0 ? CC : g.c;
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  auto tiled = TileKernel<CC>(kern, g.k * g.k, c);
+  for (int64_t r = begin; r < end; ++r) {  // r = image * OH + output row
+    const int64_t b = r / g.oh, orow = r % g.oh;
+    float* yrow = y + r * g.ow * c;
+    std::memset(yrow, 0, sizeof(float) * g.ow * c);
+    for (int64_t i = 0; i < g.k; ++i) {
+      const int64_t row = orow * g.stride + i - g.pad_top;
+      if (row < 0 || row >= g.h) continue;
+      const float* xrow = x + ((b * g.h + row) * g.w) * c;
+      for (int64_t j = 0; j < g.k; ++j) {
+        int64_t lo, hi;
+        ValidColumns(g, j, &lo, &hi);
+        if (lo >= hi) continue;
+        if (g.stride == 1) {
+          RowAxpy<CC>(yrow + lo * c, xrow + (lo + j - g.pad_left) * c,
+                      tiled.get() + (i * g.k + j) * p, (hi - lo) * c, c);
+        } else {
+          for (int64_t col = lo; col < hi; ++col)
+            Fma<CC>(yrow + col * c, xrow + (col * g.stride + j - g.pad_left) * c,
+                    kern + (i * g.k + j) * c, c);
+        }
+      }
+    }
+  }
+}
+
+// dx[b, row, col] = sum over taps (i, j) with row = orow*s + i - pt, col = ocol*s + j - pl of
+// g[b, orow, ocol] * kernel[i, j]: gathered per input row, so rows are independent.
+template <int CC>
+void InputGradRows(const Geometry& g, const float* grad, const float* kern, float* dx,
+                   int64_t begin, int64_t end) {
+  const int64_t c = CC > 0 ? CC : g.c, s = g.stride;
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  auto tiled = TileKernel<CC>(kern, g.k * g.k, c);
+  for (int64_t r = begin; r < end; ++r) {  // r = image * H + input row
+    const int64_t b = r / g.h, row = r % g.h;
+    float* dxrow = dx + r * g.w * c;
+    std::memset(dxrow, 0, sizeof(float) * g.w * c);
+    for (int64_t i = 0; i < g.k; ++i) {
+      const int64_t num = row + g.pad_top - i;
+      if (num < 0 || num % s != 0) continue;
+      const int64_t orow = num / s;
+      if (orow >= g.oh) continue;
+      const float* grow = grad + ((b * g.oh + orow) * g.ow) * c;
+      for (int64_t j = 0; j < g.k; ++j) {
+        int64_t lo, hi;  // output columns whose tap j lands inside the row
+        ValidColumns(g, j, &lo, &hi);
+        if (lo >= hi) continue;
+        if (s == 1) {
+          RowAxpy<CC>(dxrow + (lo + j - g.pad_left) * c, grow + lo * c,
+                      tiled.get() + (i * g.k + j) * p, (hi - lo) * c, c);
+        } else {
+          for (int64_t ocol = lo; ocol < hi; ++ocol)
+            Fma<CC>(dxrow + (ocol * s + j - g.pad_left) * c, grow + ocol * c,
+                    kern + (i * g.k + j) * c, c);
+        }
+      }
+    }
+  }
+}
+
+template <int CC>
+void KernelGradImages(const Geometry& g, const float* x, const float* grad, float* dk,
+                      int64_t begin, int64_t end) {
+  const int64_t c = CC > 0 ? CC : g.c;
+  const int64_t p = CC > 0 ? Period<CC>() : c;
+  const int64_t taps = g.k * g.k;
+  std::unique_ptr<float[]> tiled(new float[taps * p]);
+  for (int64_t b = begin; b < end; ++b) {
+    std::fill(tiled.get(), tiled.get() + taps * p, 0.0f);
+    float* acc = dk + b * taps * c;
+    std::memset(acc, 0, sizeof(float) * taps * c);
+    for (int64_t orow = 0; orow < g.oh; ++orow) {
+      const float* grow = grad + ((b * g.oh + orow) * g.ow) * c;
+      for (int64_t i = 0; i < g.k; ++i) {
+        const int64_t row = orow * g.stride + i - g.pad_top;
+        if (row < 0 || row >= g.h) continue;
+        const float* xrow = x + ((b * g.h + row) * g.w) * c;
+        for (int64_t j = 0; j < g.k; ++j) {
+          int64_t lo, hi;
+          ValidColumns(g, j, &lo, &hi);
+          if (lo >= hi) continue;
+          if (g.stride == 1) {
+            RowDot<CC>(tiled.get() + (i * g.k + j) * p, xrow + (lo + j - g.pad_left) * c,
+                       grow + lo * c, (hi - lo) * c, c);
+          } else {
+            for (int64_t col = lo; col < hi; ++col)
+              Fma<CC>(acc + (i * g.k + j) * c, xrow + (col * g.stride + j - g.pad_left) * c,
+                      grow + col * c, c);
+          }
+        }
+      }
+    }
+    for (int64_t t = 0; t < taps; ++t)  // fold the row sums' periods back onto channels
+      for (int64_t m = 0; m < p; ++m) acc[t * c + m % c] += tiled[t * p + m];
+  }
+}
+
+// Calls Kernel<CC> with CC = the channel count when it is a common one, else CC = 0 (runtime).
+#define DISPATCH_CHANNELS(KERNEL, C, ...)                 \
+  switch (C) {                                            \
+    case 8: KERNEL<8>(__VA_ARGS__); break;                \
+    case 16: KERNEL<16>(__VA_ARGS__); break;              \
+    case 24: KERNEL<24>(__VA_ARGS__); break;              \
+    case 32: KERNEL<32>(__VA_ARGS__); break;              \
+    case 48: KERNEL<48>(__VA_ARGS__); break;              \
+    case 64: KERNEL<64>(__VA_ARGS__); break;              \
+    case 96: KERNEL<96>(__VA_ARGS__); break;              \
+    case 128: KERNEL<128>(__VA_ARGS__); break;            \
+    case 256: KERNEL<256>(__VA_ARGS__); break;            \
+    default: KERNEL<0>(__VA_ARGS__); break;               \
+  }
+
+ffi::Error CheckGeometry(const Geometry& g) {
+  if (g.k <= 0 || g.stride <= 0 || g.c <= 0 || g.oh <= 0 || g.ow <= 0) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "depthwise conv: bad geometry");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> kernel,
+                   ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t pad_top,
+                   int64_t pad_left) {
+  auto xd = x.dimensions(), yd = y->dimensions(), kd = kernel.dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || kd.size() != 3 || kd[2] != xd[3] || yd[3] != xd[3]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "dw_forward: bad shapes");
+  }
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], stride, pad_top, pad_left, yd[1], yd[2]};
+  if (auto e = CheckGeometry(g); e.failure()) return e;
+  const float* xp = x.typed_data();
+  const float* kp = kernel.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, g.n * g.oh, [&](int64_t b, int64_t e) {
+    DISPATCH_CHANNELS(ForwardRows, g.c, g, xp, kp, yp, b, e);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> grad,
+                     ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> dx,
+                     int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto gd = grad.dimensions(), xd = dx->dimensions(), kd = kernel.dimensions();
+  if (gd.size() != 4 || xd.size() != 4 || kd.size() != 3 || kd[2] != gd[3] || xd[3] != gd[3]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "dw_input_grad: bad shapes");
+  }
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], stride, pad_top, pad_left, gd[1], gd[2]};
+  if (auto e = CheckGeometry(g); e.failure()) return e;
+  const float* gp = grad.typed_data();
+  const float* kp = kernel.typed_data();
+  float* dxp = dx->typed_data();
+  ParallelFor(pool, g.n * g.h, [&](int64_t b, int64_t e) {
+    DISPATCH_CHANNELS(InputGradRows, g.c, g, gp, kp, dxp, b, e);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
+                      ffi::ResultBuffer<ffi::F32> dk, int64_t stride, int64_t pad_top,
+                      int64_t pad_left) {
+  auto xd = x.dimensions(), gd = grad.dimensions(), kd = dk->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || kd.size() != 4 || kd[0] != xd[0] ||
+      kd[3] != xd[3] || gd[3] != xd[3] || kd[1] != kd[2]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "dw_kernel_grad: bad shapes");
+  }
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[1], stride, pad_top, pad_left, gd[1], gd[2]};
+  if (auto e = CheckGeometry(g); e.failure()) return e;
+  const float* xp = x.typed_data();
+  const float* gp = grad.typed_data();
+  float* dkp = dk->typed_data();
+  ParallelFor(pool, g.n, [&](int64_t b, int64_t e) {
+    DISPATCH_CHANNELS(KernelGradImages, g.c, g, xp, gp, dkp, b, e);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+#define BIND_ATTRS                                                               \
+  .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwInputGrad, InputGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwKernelGrad, KernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
