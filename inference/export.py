@@ -21,11 +21,25 @@ import numpy as np
 from inference.atomic import write_bytes_atomic, write_json_atomic
 from inference.model import EXPORT_STEM, load_jax_export, make_embed_fn
 from models.embedder import build_model
+from models.layers import resolve_conv_impl, resolve_impl
 
 
 def _embed_fn(model_config, variables):
-  model = build_model(ml_collections.ConfigDict(model_config))
+  model = build_model(portable_model_config(model_config))
   return make_embed_fn(model, jax.tree.map(jnp.asarray, variables))
+
+
+def portable_model_config(model_config):
+  """The model config with the native CPU kernels (models/native) swapped for their pure-JAX
+  equivalents: an exported program must run where those kernels are not built, and ONNX has no
+  such op. Same parameters, same function (tests/test_layers.py)."""
+  cfg = ml_collections.ConfigDict(model_config)
+  with cfg.unlocked():
+    if resolve_impl(cfg.get('depthwise_impl', 'auto')) == 'native':
+      cfg.depthwise_impl = 'shifted'
+    if resolve_conv_impl(cfg.get('conv_impl', 'auto')) == 'native':
+      cfg.conv_impl = 'matmul'
+  return cfg
 
 
 def export_jax(fn, image_size, path):

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp', 'native')
-CONV_IMPLS = ('auto', 'xla', 'matmul')
+CONV_IMPLS = ('auto', 'xla', 'matmul', 'native')
 # What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
 CPU_DEFAULT_IMPL = 'shifted_vjp'
 
@@ -38,7 +38,7 @@ def resolve_impl(impl):
     return impl
   if jax.default_backend() != 'cpu':
     return 'xla'
-  from models.native import depthwise as native  # pylint: disable=g-import-not-at-top
+  from models.native import ops as native  # pylint: disable=g-import-not-at-top
   return 'native' if native.available() else CPU_DEFAULT_IMPL
 
 
@@ -127,7 +127,7 @@ def _shifted_vjp_bwd(stride, residuals, g):
 depthwise_shifted_vjp.defvjp(_shifted_vjp_fwd, _shifted_vjp_bwd)
 
 def depthwise_native(x, kernel, stride):
-  from models.native.depthwise import depthwise_native as fn  # pylint: disable=g-import-not-at-top
+  from models.native.ops import depthwise_native as fn  # pylint: disable=g-import-not-at-top
   return fn(x, kernel, stride)
 
 
@@ -161,34 +161,46 @@ class DepthwiseConv(nn.Module):
 
 
 def resolve_conv_impl(impl):
-  """Maps 'auto' to 'matmul' on the CPU backend and 'xla' elsewhere."""
+  """Maps 'auto' to 'native' on the CPU backend (when the kernels build), 'matmul' without them,
+  and 'xla' elsewhere."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
   if impl != 'auto':
     return impl
-  return 'matmul' if jax.default_backend() == 'cpu' else 'xla'
+  if jax.default_backend() != 'cpu':
+    return 'xla'
+  from models.native import ops as native  # pylint: disable=g-import-not-at-top
+  return 'native' if native.available() else 'matmul'
 
 
-def conv_matmul(x, kernel, stride, padding):
+def conv_matmul(x, kernel, stride, padding, native=False):
   """Dense conv of NHWC `x` with an HWIO kernel as one matrix product (im2col for k > 1).
 
   XLA:CPU computes a convolution's kernel gradient as a convolution whose window is the whole
   feature map, with transposes on both inputs; written as a dot, the same gradient is a plain
   [Cin, B*H*W] x [B*H*W, Cout] product. For k > 1 the k*k shifted, strided views are stacked on
   the channel axis in (row, column, channel) order, which is the HWIO kernel's row-major order.
+  native=True: float32 products over many pixels take their weight gradient from the native
+  kernel (models/native/ops.pixel_matmul), which skips the transposes XLA puts before that dot.
   """
   kh, kw, cin, cout = kernel.shape
   if kh == 1 and kw == 1 and stride == 1:
-    return jnp.dot(x, kernel.reshape(cin, cout))
-  if padding == 'SAME':
-    xp, _, out_hw = _pad_same(x, kh, stride)  # Conv's kernels are square
+    patches = x
   else:
-    (pt, pb), (pl, pr) = padding
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    out_hw = ((xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1)
-  cols = [_tap_view(xp, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
-  patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
-  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout))
+    if padding == 'SAME':
+      xp, _, out_hw = _pad_same(x, kh, stride)  # Conv's kernels are square
+    else:
+      (pt, pb), (pl, pr) = padding
+      xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+      out_hw = ((xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1)
+    cols = [_tap_view(xp, i, j, stride, out_hw) for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(cols, axis=-1) if len(cols) > 1 else cols[0]
+  w = kernel.reshape(kh * kw * cin, cout)
+  if native and patches.dtype == jnp.float32 and patches.ndim == 4:
+    from models.native import ops  # pylint: disable=g-import-not-at-top
+    if ops.xtg_pays(patches.shape[1] * patches.shape[2], w.shape[0], cout):
+      return ops.pixel_matmul(patches, w)
+  return jnp.dot(patches, w)
 
 
 def conv_xla(x, kernel, stride, padding):
@@ -199,7 +211,8 @@ def conv_xla(x, kernel, stride, padding):
 class Conv(nn.Module):
   """Dense k x k convolution with nn.Conv's parameters ('kernel' HWIO, optional 'bias').
 
-  `impl`: 'xla' (lax.conv_general_dilated), 'matmul' (conv_matmul), 'auto' ('matmul' on CPU).
+  `impl`: 'xla' (lax.conv_general_dilated), 'matmul' (conv_matmul), 'native' (conv_matmul with
+  the native weight gradient), 'auto' (see resolve_conv_impl).
   """
   features: int
   kernel_size: int = 1
@@ -215,8 +228,11 @@ class Conv(nn.Module):
     kernel = self.param('kernel', nn.initializers.lecun_normal(),
                         (k, k, x.shape[-1], self.features))
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    fn = conv_matmul if resolve_conv_impl(self.impl) == 'matmul' else conv_xla
-    y = fn(x, kernel, self.strides, self.padding)
+    impl = resolve_conv_impl(self.impl)
+    if impl == 'xla':
+      y = conv_xla(x, kernel, self.strides, self.padding)
+    else:
+      y = conv_matmul(x, kernel, self.strides, self.padding, native=impl == 'native')
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y

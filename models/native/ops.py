@@ -1,12 +1,15 @@
-"""Depthwise convolution on XLA:CPU through native kernels (depthwise_cpu.cc), as FFI calls.
+"""CPU kernels XLA does badly, as FFI calls (cpu_kernels.cc): the depthwise convolution and the
+weight gradient of pointwise convolutions.
 
 Built on first use with the machine's C++ compiler into a cache folder, then loaded and
 registered with jax.ffi. When that is not possible (no compiler, another platform), available()
-is False and says why once; models/layers.py then falls back to the pure-JAX formulation.
+is False and says why once; models/layers.py then falls back to the pure-JAX formulations.
 
-Why native: the depthwise layers are where the CPU training step spends its time. XLA:CPU runs
-a grouped convolution as a generic loop, and the pure-JAX formulation's kernel gradient makes
-k*k passes over the activations per layer; these kernels make one (benchmarks/ has numbers).
+Why native: on CPU the depthwise layers were where the training step spent its time. XLA:CPU
+runs a grouped convolution as a generic loop, and the pure-JAX formulation's kernel gradient
+makes k*k passes over the activations per layer; these kernels make one. A pointwise conv's
+weight gradient (a contraction over every pixel) XLA:CPU computes after transposing both
+operands; the native one reads them once. README "Performance on CPU" has the numbers.
 """
 import ctypes
 import functools
@@ -22,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'depthwise_cpu.cc')
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cc')
 TARGETS = {'docembed_dw_forward': 'DwForward', 'docembed_dw_input_grad': 'DwInputGrad',
-           'docembed_dw_kernel_grad': 'DwKernelGrad'}
+           'docembed_dw_kernel_grad': 'DwKernelGrad', 'docembed_xtg': 'PixelXtg'}
 # -march=native: the library is built on (and cached per CPU of) the machine that runs it.
 CXXFLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
@@ -49,7 +52,7 @@ def _library_path(compiler):
   for part in (open(SOURCE, 'rb').read(), ' '.join(CXXFLAGS).encode(), compiler.encode(),
                jaxlib.__version__.encode(), _cpu_signature().encode()):
     h.update(part)
-  return os.path.join(cache_dir(), f'depthwise_cpu_{h.hexdigest()[:16]}.so')
+  return os.path.join(cache_dir(), f'cpu_kernels_{h.hexdigest()[:16]}.so')
 
 
 def _build(path, compiler):
@@ -73,10 +76,10 @@ def _build(path, compiler):
 def _load():
   """(True, path) once the FFI targets are registered, else (False, reason)."""
   if platform.system() != 'Linux' or platform.machine() not in ('x86_64', 'aarch64'):
-    return False, f'native depthwise kernels are built for Linux x86_64/aarch64 only'
+    return False, 'native CPU kernels are built for Linux x86_64/aarch64 only'
   compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('c++')
   if not compiler:
-    return False, 'no C++ compiler (g++/c++ or $CXX) to build the native depthwise kernels'
+    return False, 'no C++ compiler (g++/c++ or $CXX) to build the native CPU kernels'
   try:
     path = _library_path(compiler)
     if not os.path.exists(path):
@@ -86,7 +89,7 @@ def _load():
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                   platform='cpu')
   except (OSError, RuntimeError, AttributeError) as e:
-    return False, f'native depthwise kernels unavailable: {e}'
+    return False, f'native CPU kernels unavailable: {e}'
   return True, path
 
 
@@ -97,17 +100,17 @@ def available():
   """Whether the native kernels can run here; logs the reason once when they cannot."""
   ok, why = _load()
   if not ok and not _warned:
-    logging.warning('%s; using the pure-JAX depthwise convolution.', why)
+    logging.warning('%s; using the pure-JAX formulations.', why)
     _warned.append(why)
   return ok
 
 
-def _call(target, out_shape, *args, stride, pad_top, pad_left):
+def _call(target, out_shape, *args, **attrs):
   ok, why = _load()
   if not ok:
     raise RuntimeError(why)
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(out_shape, jnp.float32))(
-      *args, stride=np.int64(stride), pad_top=np.int64(pad_top), pad_left=np.int64(pad_left))
+      *args, **{k: np.int64(v) for k, v in attrs.items()})
 
 
 def _batch_parallel(target, rule, batched):
@@ -187,3 +190,36 @@ def _backward(stride, residuals, g):
 
 
 depthwise_native.defvjp(_forward, _backward)
+
+
+_xtg_op = _batch_parallel('docembed_xtg', 'n r a, n r b -> n a b', (True, True))
+
+
+def xtg_pays(pixels, a, b):
+  """Whether the native weight gradient beats XLA's dot for [pixels, a] x [pixels, b] per image.
+
+  It writes one [a, b] partial per image; where that is not small against the activations
+  read (late, low-resolution layers) XLA's dot is the better choice.
+  """
+  return pixels * (a + b) >= 4 * a * b
+
+
+@jax.custom_vjp
+def pixel_matmul(x, w):
+  """x [N, H, W, A] @ w [A, B] (a pointwise conv, or im2col patches times the kernel), float32;
+  the weight gradient by the native kernel."""
+  return jnp.dot(x, w)
+
+
+def _pixel_matmul_fwd(x, w):
+  return jnp.dot(x, w), (x, w)
+
+
+def _pixel_matmul_bwd(residuals, g):
+  x, w = residuals
+  n, a, b = x.shape[0], w.shape[0], w.shape[1]
+  per_image = _xtg_op((a, b), (), x.reshape(n, -1, a), g.reshape(n, -1, b))
+  return jnp.dot(g, w.T), jnp.sum(per_image, axis=0)
+
+
+pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)

@@ -15,6 +15,11 @@
 //   dw_kernel_grad     (x, g)             -> dk_part  [N, K, K, C]: one partial sum per image,
 //                      so the call is independent per image (XLA sums over N and can split the
 //                      batch over devices).
+//
+// And the weight gradient of a pointwise (or im2col) convolution, x [N, R, A], g [N, R, B]:
+//   xtg                (x, g)             -> [N, A, B], sum over r of x[n, r, :]^T g[n, r, :]
+// XLA:CPU computes this contraction over the long pixel axis by first transposing both
+// operands; here it is one pass over both, per image.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -238,6 +243,31 @@ void KernelGradImages(const Geometry& g, const float* x, const float* grad, floa
   }
 }
 
+
+// out[n] = x[n]^T g[n] for x [N, R, A], g [N, R, B]: per pixel, A broadcast multiply-adds of
+// g's row into the [A, B] accumulator (L1-resident for the layers this is used on).
+template <int BB>
+void XtgImages(int64_t r_len, int64_t a_len, int64_t b_len, const float* x, const float* g,
+               float* out, int64_t begin, int64_t end) {
+  const int64_t bl = BB > 0 ? BB : b_len;
+  for (int64_t n = begin; n < end; ++n) {
+    float* __restrict acc = out + n * a_len * bl;
+    std::memset(acc, 0, sizeof(float) * a_len * bl);
+    const float* xn = x + n * r_len * a_len;
+    const float* gn = g + n * r_len * bl;
+    for (int64_t r = 0; r < r_len; ++r) {
+      const float* __restrict xr = xn + r * a_len;
+      const float* __restrict gr = gn + r * bl;
+      for (int64_t a = 0; a < a_len; ++a) {
+        const float xa = xr[a];
+        float* __restrict row = acc + a * bl;
+#pragma GCC ivdep
+        for (int64_t b = 0; b < bl; ++b) row[b] += xa * gr[b];
+      }
+    }
+  }
+}
+
 // Calls Kernel<CC> with CC = the channel count when it is a common one, else CC = 0 (runtime).
 #define DISPATCH_CHANNELS(KERNEL, C, ...)                 \
   switch (C) {                                            \
@@ -315,6 +345,23 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+ffi::Error Xtg(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> grad,
+               ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions(), gd = grad.dimensions(), od = out->dimensions();
+  if (xd.size() != 3 || gd.size() != 3 || od.size() != 3 || xd[0] != gd[0] || xd[1] != gd[1] ||
+      od[0] != xd[0] || od[1] != xd[2] || od[2] != gd[2]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "xtg: bad shapes");
+  }
+  const int64_t r = xd[1], a = xd[2], b = gd[2];
+  const float* xp = x.typed_data();
+  const float* gp = grad.typed_data();
+  float* op = out->typed_data();
+  ParallelFor(pool, xd[0], [&](int64_t lo, int64_t hi) {
+    DISPATCH_CHANNELS(XtgImages, b, r, a, b, xp, gp, op, lo, hi);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define BIND_ATTRS                                                               \
@@ -340,3 +387,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DwKernelGrad, KernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PixelXtg, Xtg,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
