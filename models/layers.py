@@ -12,7 +12,11 @@ depend on which implementation ran; `impl` picks how it is computed:
              shifted sum per output phase (a strided conv's transpose splits into s*s
              stride-1 convs with sub-kernels), instead of autodiff's s*s interior-padded
              scatters.
-  'auto'     'shifted_vjp' on CPU, 'xla' elsewhere (benchmarks/depthwise_conv.py has the numbers).
+  'native'   C++ kernels run by XLA:CPU as FFI calls (models/native): one pass over the data
+             for the forward, the input gradient and the kernel gradient. CPU and float32 only
+             (other dtypes take 'shifted_vjp'); built with the machine's compiler on first use.
+  'auto'     'native' on CPU ('shifted_vjp' when the native kernels cannot be built), 'xla'
+             elsewhere (benchmarks/depthwise_conv.py and the README have the numbers).
 
 All implementations compute the same function as 'xla' ('SAME' padding, TF convention: the
 extra pad row/column goes at the bottom/right); tests/test_layers.py checks values and
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 
 IMPLS = ('auto', 'xla', 'shifted', 'shifted_vjp', 'native')
 CONV_IMPLS = ('auto', 'xla', 'matmul', 'native')
-# What 'auto' picks on the CPU backend; TPU/GPU always get 'xla'.
+# What 'auto' picks on the CPU backend without the native kernels; TPU/GPU always get 'xla'.
 CPU_DEFAULT_IMPL = 'shifted_vjp'
 
 
@@ -34,12 +38,7 @@ def resolve_impl(impl):
   """Maps 'auto' to the implementation for the current default backend."""
   if impl not in IMPLS:
     raise ValueError(f'depthwise impl must be one of {IMPLS}, got {impl!r}')
-  if impl != 'auto':
-    return impl
-  if jax.default_backend() != 'cpu':
-    return 'xla'
-  from models.native import ops as native  # pylint: disable=g-import-not-at-top
-  return 'native' if native.available() else CPU_DEFAULT_IMPL
+  return _native_or(impl, CPU_DEFAULT_IMPL)
 
 
 def same_padding(size, kernel_size, stride):
@@ -165,12 +164,21 @@ def resolve_conv_impl(impl):
   and 'xla' elsewhere."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv impl must be one of {CONV_IMPLS}, got {impl!r}')
+  return _native_or(impl, 'matmul')
+
+
+def _native_or(impl, cpu_fallback):
+  """'auto' -> 'native' on CPU when the kernels build, else `cpu_fallback`; 'xla' elsewhere."""
+  on_cpu = jax.default_backend() == 'cpu'
+  if impl == 'native' and not on_cpu:
+    raise ValueError(f'the native kernels run on CPU only, not {jax.default_backend()}: '
+                     "use 'auto' or 'xla'")
   if impl != 'auto':
     return impl
-  if jax.default_backend() != 'cpu':
+  if not on_cpu:
     return 'xla'
   from models.native import ops as native  # pylint: disable=g-import-not-at-top
-  return 'native' if native.available() else 'matmul'
+  return 'native' if native.available() else cpu_fallback
 
 
 def conv_matmul(x, kernel, stride, padding, native=False):

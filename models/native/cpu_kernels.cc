@@ -244,25 +244,67 @@ void KernelGradImages(const Geometry& g, const float* x, const float* grad, floa
 }
 
 
-// out[n] = x[n]^T g[n] for x [N, R, A], g [N, R, B]: per pixel, A broadcast multiply-adds of
-// g's row into the [A, B] accumulator (L1-resident for the layers this is used on).
+// out[n] = x[n]^T g[n] for x [N, R, A], g [N, R, B]. The [A, B] accumulator is walked in
+// blocks of AT rows held in registers (AT * B floats) while a tile of pixels streams through;
+// the tile (RT pixels of x and g) stays in L1 across the blocks.
+template <int BB, int AT>
+inline void XtgBlock(const float* __restrict x, const float* __restrict g, float* acc,
+                     int64_t r0, int64_t r1, int64_t a_len, int64_t a0) {
+  float reg[AT][BB];
+#pragma GCC unroll 64
+  for (int a = 0; a < AT; ++a)
+#pragma GCC unroll 64
+    for (int b = 0; b < BB; ++b) reg[a][b] = acc[(a0 + a) * BB + b];
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* xr = x + r * a_len + a0;
+    const float* gr = g + r * BB;
+#pragma GCC unroll 64
+    for (int a = 0; a < AT; ++a) {
+      const float xa = xr[a];
+#pragma GCC unroll 64
+      for (int b = 0; b < BB; ++b) reg[a][b] += xa * gr[b];
+    }
+  }
+#pragma GCC unroll 64
+  for (int a = 0; a < AT; ++a)
+#pragma GCC unroll 64
+    for (int b = 0; b < BB; ++b) acc[(a0 + a) * BB + b] = reg[a][b];
+}
+
+// Rows of the accumulator kept in registers per block: about 16 vector registers' worth.
+template <int BB>
+constexpr int RowsPerBlock() { return BB >= 256 ? 1 : (BB >= 16 ? 256 / BB : 16); }
+
 template <int BB>
 void XtgImages(int64_t r_len, int64_t a_len, int64_t b_len, const float* x, const float* g,
                float* out, int64_t begin, int64_t end) {
-  const int64_t bl = BB > 0 ? BB : b_len;
+  constexpr int64_t kTile = 256;  // pixels per tile
   for (int64_t n = begin; n < end; ++n) {
-    float* __restrict acc = out + n * a_len * bl;
-    std::memset(acc, 0, sizeof(float) * a_len * bl);
+    float* acc = out + n * a_len * b_len;
+    std::memset(acc, 0, sizeof(float) * a_len * b_len);
     const float* xn = x + n * r_len * a_len;
-    const float* gn = g + n * r_len * bl;
-    for (int64_t r = 0; r < r_len; ++r) {
-      const float* __restrict xr = xn + r * a_len;
-      const float* __restrict gr = gn + r * bl;
-      for (int64_t a = 0; a < a_len; ++a) {
-        const float xa = xr[a];
-        float* __restrict row = acc + a * bl;
-#pragma GCC ivdep
-        for (int64_t b = 0; b < bl; ++b) row[b] += xa * gr[b];
+    const float* gn = g + n * r_len * b_len;
+    for (int64_t r0 = 0; r0 < r_len; r0 += kTile) {
+      const int64_t r1 = std::min(r_len, r0 + kTile);
+      if constexpr (BB > 0) {
+        // Blocks of the largest power of two rows that fit (27 rows: 16 + 8 + 2 + 1).
+        constexpr int AT = RowsPerBlock<BB>();
+        int64_t a0 = 0;
+        for (; a0 + AT <= a_len; a0 += AT) XtgBlock<BB, AT>(xn, gn, acc, r0, r1, a_len, a0);
+        if (AT > 8 && a0 + 8 <= a_len) { XtgBlock<BB, 8>(xn, gn, acc, r0, r1, a_len, a0); a0 += 8; }
+        if (AT > 4 && a0 + 4 <= a_len) { XtgBlock<BB, 4>(xn, gn, acc, r0, r1, a_len, a0); a0 += 4; }
+        if (AT > 2 && a0 + 2 <= a_len) { XtgBlock<BB, 2>(xn, gn, acc, r0, r1, a_len, a0); a0 += 2; }
+        for (; a0 < a_len; ++a0) XtgBlock<BB, 1>(xn, gn, acc, r0, r1, a_len, a0);
+      } else {
+        for (int64_t r = r0; r < r1; ++r) {
+          const float* __restrict xr = xn + r * a_len;
+          const float* __restrict gr = gn + r * b_len;
+          for (int64_t a = 0; a < a_len; ++a) {
+            const float xa = xr[a];
+            float* __restrict row = acc + a * b_len;
+            for (int64_t b = 0; b < b_len; ++b) row[b] += xa * gr[b];
+          }
+        }
       }
     }
   }
