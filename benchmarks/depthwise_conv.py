@@ -23,7 +23,7 @@ def parse_args():
   p.add_argument('--channels', type=int, default=128)
   p.add_argument('--kernel', type=int, default=3)
   p.add_argument('--strides', default='1,2')
-  p.add_argument('--impls', default='xla,shifted,shifted_vjp')
+  p.add_argument('--impls', default='xla,shifted,shifted_vjp,native')
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   p.add_argument('--no_torch', action='store_true')

@@ -79,8 +79,11 @@ def dense_margin_loss(embeddings, labels, centers, loss_config, num_valid_classe
   target_logit = jnp.sum(jnp.where(target_mask, logits, 0.0), axis=1)
   loss = jnp.mean(log_z - target_logit)
   cos_masked = jnp.where(class_ids[None, :] < (num_valid_classes or num_classes), cos, -2.0)
+  target_cos = jnp.sum(jnp.where(target_mask, cos, 0.0), axis=1)
   metrics = {
-      'accuracy': jnp.mean(jnp.argmax(cos_masked, axis=1) == labels),
-      'target_cos': jnp.mean(jnp.sum(jnp.where(target_mask, cos, 0.0), axis=1)),
+      # Top-1 as partial_fc.py counts it: the target's cosine is the largest. A max is one
+      # reduction; argmax is a (value, index) pair reduction XLA:CPU runs ~3x slower.
+      'accuracy': jnp.mean(target_cos >= jnp.max(cos_masked, axis=1)),
+      'target_cos': jnp.mean(target_cos),
   }
   return loss, metrics

@@ -188,10 +188,17 @@ def conv_matmul(x, kernel, stride, padding, native=False):
   feature map, with transposes on both inputs; written as a dot, the same gradient is a plain
   [Cin, B*H*W] x [B*H*W, Cout] product. For k > 1 the k*k shifted, strided views are stacked on
   the channel axis in (row, column, channel) order, which is the HWIO kernel's row-major order.
-  native=True: float32 products over many pixels take their weight gradient from the native
-  kernel (models/native/ops.pixel_matmul), which skips the transposes XLA puts before that dot.
+  native=True (float32): products over many pixels take their weight gradient from the native
+  kernel (models/native/ops.pixel_matmul), which skips the transposes XLA puts before that dot;
+  k > 1 convs with few input channels (the RGB stem) run directly (ops.conv_direct), without
+  the k*k-times-larger patch tensor.
   """
   kh, kw, cin, cout = kernel.shape
+  if native and padding == 'SAME' and x.dtype == jnp.float32:
+    from models.native import ops  # pylint: disable=g-import-not-at-top
+    if ops.direct_conv_fits(kernel.shape):
+      return ops.conv_direct(x, kernel, stride,
+                             functools.partial(_conv_im2col_same, stride=stride))
   if kh == 1 and kw == 1 and stride == 1:
     patches = x
   else:
@@ -209,6 +216,10 @@ def conv_matmul(x, kernel, stride, padding, native=False):
     if ops.xtg_pays(patches.shape[1] * patches.shape[2], w.shape[0], cout):
       return ops.pixel_matmul(patches, w)
   return jnp.dot(patches, w)
+
+
+def _conv_im2col_same(x, kernel, stride):
+  return conv_matmul(x, kernel, stride, 'SAME')
 
 
 def conv_xla(x, kernel, stride, padding):

@@ -62,20 +62,35 @@ def test_pixel_matmul_gradients_match_dot(a, b):
     _assert_close(g, r, f'{a}x{b}: {name}')
 
 
-def test_native_conv_uses_the_kernel_where_it_pays_and_matches_xla():
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 32, 32, 3), np.float32))  # a stem: 3x3 stride 2
-  w = jnp.asarray(rng.standard_normal((3, 3, 3, 8), np.float32))
-  f = lambda impl: lambda x, w: jnp.sum(
-      (layers.conv_matmul(x, w, 2, 'SAME', native=impl) if impl is not None
-       else layers.conv_xla(x, w, 2, 'SAME')) ** 2)
-  assert 'docembed_xtg' in str(jax.make_jaxpr(jax.grad(f(True), argnums=1))(x, w))
+@pytest.mark.parametrize('k,stride,cin,cout,hw,kernels', [
+    (3, 2, 3, 8, (32, 32), ('conv_forward', 'conv_kernel_grad')),  # RGB stem: direct
+    (3, 2, 3, 16, (9, 7), ('conv_forward', 'conv_kernel_grad')),
+    (5, 1, 2, 5, (7, 9), ('conv_forward', 'conv_kernel_grad')),    # no compiled-in Co
+    (1, 1, 8, 16, (16, 16), ('xtg',)),                             # pointwise: native dW
+    (3, 1, 8, 8, (16, 16), ('xtg',)),                              # im2col + native dW
+])
+def test_native_dense_conv_matches_xla(k, stride, cin, cout, hw, kernels):
+  rng = np.random.default_rng(k * cin)
+  x = jnp.asarray(rng.standard_normal((2,) + hw + (cin,), np.float32))
+  w = jnp.asarray(rng.standard_normal((k, k, cin, cout), np.float32))
+  native = lambda x, w: jnp.sum(layers.conv_matmul(x, w, stride, 'SAME', native=True) ** 2)
+  plain = lambda x, w: jnp.sum(layers.conv_xla(x, w, stride, 'SAME') ** 2)
+  jaxpr = str(jax.make_jaxpr(jax.grad(native, argnums=(0, 1)))(x, w))
+  assert all(f'docembed_{name}' in jaxpr for name in kernels), kernels
+  want = jax.value_and_grad(plain, argnums=(0, 1))(x, w)
+  got = jax.jit(jax.value_and_grad(native, argnums=(0, 1)))(x, w)
+  for name, g, r in zip(('loss', 'dx', 'dw'), jax.tree.leaves(got), jax.tree.leaves(want)):
+    _assert_close(g, r, f'k={k} s={stride} {cin}->{cout}: {name}', atol=1e-5)
+
+
+def test_native_weight_gradient_only_where_it_pays():
   # A late layer (4x4 pixels, 256 -> 256): the per-image partials would outweigh the pixels.
   assert not ops.xtg_pays(16, 256, 256)
-  want = jax.value_and_grad(f(None), argnums=(0, 1))(x, w)
-  got = jax.jit(jax.value_and_grad(f(True), argnums=(0, 1)))(x, w)
-  for name, g, r in zip(('loss', 'dx', 'dw'), jax.tree.leaves(got), jax.tree.leaves(want)):
-    _assert_close(g, r, name, atol=1e-5)
+  assert ops.xtg_pays(64 * 64, 8, 16)
+  x = jnp.ones((2, 4, 4, 256))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda w: jnp.sum(
+      layers.conv_matmul(x, w, 1, 'SAME', native=True))))(jnp.ones((1, 1, 256, 256))))
+  assert 'docembed_' not in jaxpr
 
 
 def test_batch_sharded_calls_run_per_shard_without_gathering():

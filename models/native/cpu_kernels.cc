@@ -20,6 +20,11 @@
 //   xtg                (x, g)             -> [N, A, B], sum over r of x[n, r, :]^T g[n, r, :]
 // XLA:CPU computes this contraction over the long pixel axis by first transposing both
 // operands; here it is one pass over both, per image.
+//
+// And a dense k x k convolution with few input channels (the 3x3 stride-2 stem on RGB), without
+// im2col's k*k-times-larger patch tensor, x [N, H, W, Ci], kernel [K, K, Ci, Co]:
+//   conv_forward       (x, kernel)        -> y        [N, OH, OW, Co]
+//   conv_kernel_grad   (x, g)             -> [N, K, K, Ci, Co], one partial sum per image
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -310,6 +315,104 @@ void XtgImages(int64_t r_len, int64_t a_len, int64_t b_len, const float* x, cons
   }
 }
 
+
+// Dense conv, output channels CO in registers per output pixel.
+template <int CI, int CO>
+void ConvForwardRowsT(const Geometry& g, int64_t co_rt, const float* __restrict x,
+                      const float* __restrict kern, float* __restrict y, int64_t begin,
+                      int64_t end) {
+  constexpr int64_t ci = CI;
+  const int64_t co = CO > 0 ? CO : co_rt;
+  for (int64_t r = begin; r < end; ++r) {  // r = image * OH + output row
+    const int64_t b = r / g.oh, orow = r % g.oh;
+    float* yrow = y + r * g.ow * co;
+    for (int64_t ocol = 0; ocol < g.ow; ++ocol) {
+      float acc[CO > 0 ? CO : 1024];
+      for (int64_t o = 0; o < co; ++o) acc[o] = 0.0f;
+      for (int64_t i = 0; i < g.k; ++i) {
+        const int64_t row = orow * g.stride + i - g.pad_top;
+        if (row < 0 || row >= g.h) continue;
+        for (int64_t j = 0; j < g.k; ++j) {
+          const int64_t col = ocol * g.stride + j - g.pad_left;
+          if (col < 0 || col >= g.w) continue;
+          const float* xp = x + ((b * g.h + row) * g.w + col) * ci;
+          const float* wp = kern + (i * g.k + j) * ci * co;
+          for (int64_t c = 0; c < ci; ++c) {
+            const float xv = xp[c];
+#pragma GCC ivdep
+            for (int64_t o = 0; o < co; ++o) acc[o] += xv * wp[c * co + o];
+          }
+        }
+      }
+      std::memcpy(yrow + ocol * co, acc, sizeof(float) * co);
+    }
+  }
+}
+
+// Per image and per tap (i, j): the tap's [CI, CO] accumulator stays in registers while the
+// image's output pixels stream through (the image's x and g stay in L2 across the taps).
+template <int CI, int CO>
+void ConvKernelGradImagesT(const Geometry& g, int64_t co_rt, const float* __restrict x,
+                           const float* __restrict grad, float* __restrict dk, int64_t begin,
+                           int64_t end) {
+  constexpr int64_t ci = CI;
+  const int64_t co = CO > 0 ? CO : co_rt;
+  const int64_t size = g.k * g.k * ci * co;
+  for (int64_t b = begin; b < end; ++b) {
+    float* __restrict out = dk + b * size;
+    for (int64_t i = 0; i < g.k; ++i) {
+      for (int64_t j = 0; j < g.k; ++j) {
+        float acc[CI][CO > 0 ? CO : 1024];
+        for (int64_t c = 0; c < ci; ++c)
+          for (int64_t o = 0; o < co; ++o) acc[c][o] = 0.0f;
+        int64_t lo, hi;
+        ValidColumns(g, j, &lo, &hi);
+        for (int64_t orow = 0; orow < g.oh; ++orow) {
+          const int64_t row = orow * g.stride + i - g.pad_top;
+          if (row < 0 || row >= g.h) continue;
+          const float* xrow = x + ((b * g.h + row) * g.w) * ci;
+          const float* grow = grad + ((b * g.oh + orow) * g.ow) * co;
+          for (int64_t ocol = lo; ocol < hi; ++ocol) {
+            const float* xp = xrow + (ocol * g.stride + j - g.pad_left) * ci;
+            const float* gp = grow + ocol * co;
+            for (int64_t c = 0; c < ci; ++c) {
+              const float xv = xp[c];
+#pragma GCC ivdep
+              for (int64_t o = 0; o < co; ++o) acc[c][o] += xv * gp[o];
+            }
+          }
+        }
+        float* ap = out + (i * g.k + j) * ci * co;
+        for (int64_t c = 0; c < ci; ++c)
+          for (int64_t o = 0; o < co; ++o) ap[c * co + o] = acc[c][o];
+      }
+    }
+  }
+}
+
+// The input-channel count (1-4, see ops.DIRECT_CONV_MAX_IN) as a compile-time constant too.
+template <int CO>
+void ConvForwardRows(const Geometry& g, int64_t ci, int64_t co, const float* x,
+                     const float* kern, float* y, int64_t begin, int64_t end) {
+  switch (ci) {
+    case 1: ConvForwardRowsT<1, CO>(g, co, x, kern, y, begin, end); break;
+    case 2: ConvForwardRowsT<2, CO>(g, co, x, kern, y, begin, end); break;
+    case 3: ConvForwardRowsT<3, CO>(g, co, x, kern, y, begin, end); break;
+    default: ConvForwardRowsT<4, CO>(g, co, x, kern, y, begin, end); break;
+  }
+}
+
+template <int CO>
+void ConvKernelGradImages(const Geometry& g, int64_t ci, int64_t co, const float* x,
+                          const float* grad, float* dk, int64_t begin, int64_t end) {
+  switch (ci) {
+    case 1: ConvKernelGradImagesT<1, CO>(g, co, x, grad, dk, begin, end); break;
+    case 2: ConvKernelGradImagesT<2, CO>(g, co, x, grad, dk, begin, end); break;
+    case 3: ConvKernelGradImagesT<3, CO>(g, co, x, grad, dk, begin, end); break;
+    default: ConvKernelGradImagesT<4, CO>(g, co, x, grad, dk, begin, end); break;
+  }
+}
+
 // Calls Kernel<CC> with CC = the channel count when it is a common one, else CC = 0 (runtime).
 #define DISPATCH_CHANNELS(KERNEL, C, ...)                 \
   switch (C) {                                            \
@@ -404,6 +507,46 @@ ffi::Error Xtg(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F
   return ffi::Error::Success();
 }
 
+ffi::Error ConvForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::Buffer<ffi::F32> kernel, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto xd = x.dimensions(), yd = y->dimensions(), kd = kernel.dimensions();
+  if (xd.size() != 4 || yd.size() != 4 || kd.size() != 4 || kd[0] != kd[1] || kd[2] != xd[3] ||
+      kd[3] != yd[3] || yd[0] != xd[0] || kd[3] > 1024 || xd[3] > 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "conv_forward: bad shapes");
+  }
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[0], stride, pad_top, pad_left, yd[1], yd[2]};
+  if (auto e = CheckGeometry(g); e.failure()) return e;
+  const int64_t ci = xd[3], co = kd[3];
+  const float* xp = x.typed_data();
+  const float* kp = kernel.typed_data();
+  float* yp = y->typed_data();
+  ParallelFor(pool, g.n * g.oh, [&](int64_t b, int64_t e) {
+    DISPATCH_CHANNELS(ConvForwardRows, co, g, ci, co, xp, kp, yp, b, e);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                          ffi::Buffer<ffi::F32> grad, ffi::ResultBuffer<ffi::F32> dk,
+                          int64_t stride, int64_t pad_top, int64_t pad_left) {
+  auto xd = x.dimensions(), gd = grad.dimensions(), kd = dk->dimensions();
+  if (xd.size() != 4 || gd.size() != 4 || kd.size() != 5 || kd[0] != xd[0] || kd[1] != kd[2] ||
+      kd[3] != xd[3] || kd[4] != gd[3] || gd[0] != xd[0] || xd[3] > 4) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "conv_kernel_grad: bad shapes");
+  }
+  Geometry g{xd[0], xd[1], xd[2], xd[3], kd[1], stride, pad_top, pad_left, gd[1], gd[2]};
+  if (auto e = CheckGeometry(g); e.failure()) return e;
+  const int64_t ci = xd[3], co = gd[3];
+  const float* xp = x.typed_data();
+  const float* gp = grad.typed_data();
+  float* dkp = dk->typed_data();
+  ParallelFor(pool, g.n, [&](int64_t b, int64_t e) {
+    DISPATCH_CHANNELS(ConvKernelGradImages, co, g, ci, co, xp, gp, dkp, b, e);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define BIND_ATTRS                                                               \
@@ -436,3 +579,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PixelXtg, Xtg,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvForwardHandler, ConvForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradHandler, ConvKernelGrad,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);

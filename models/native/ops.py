@@ -27,7 +27,9 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cc')
 TARGETS = {'docembed_dw_forward': 'DwForward', 'docembed_dw_input_grad': 'DwInputGrad',
-           'docembed_dw_kernel_grad': 'DwKernelGrad', 'docembed_xtg': 'PixelXtg'}
+           'docembed_dw_kernel_grad': 'DwKernelGrad', 'docembed_xtg': 'PixelXtg',
+           'docembed_conv_forward': 'ConvForwardHandler',
+           'docembed_conv_kernel_grad': 'ConvKernelGradHandler'}
 # -march=native: the library is built on (and cached per CPU of) the machine that runs it.
 CXXFLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
@@ -223,3 +225,41 @@ def _pixel_matmul_bwd(residuals, g):
 
 
 pixel_matmul.defvjp(_pixel_matmul_fwd, _pixel_matmul_bwd)
+
+
+_conv_forward_op = _batch_parallel('docembed_conv_forward', 'n h w c, i j c o -> n p q o',
+                                   (True, False))
+_conv_kernel_grad_op = _batch_parallel('docembed_conv_kernel_grad',
+                                       'n h w c, n p q o -> n i j c o', (True, True))
+
+# Direct (im2col-free) dense convs: for few input channels, where im2col's patch tensor is
+# k*k times the input and its matrix product is too thin to pay for it (the RGB stem).
+DIRECT_CONV_MAX_IN = 4
+
+
+def direct_conv_fits(kernel_shape):
+  kh, kw, cin, cout = kernel_shape
+  return kh == kw and kh > 1 and cin <= DIRECT_CONV_MAX_IN and cout <= 1024
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_direct(x, kernel, stride, pure_jax_fn):
+  """Dense 'SAME' conv, NHWC float32 x, HWIO kernel. pure_jax_fn(x, kernel) computes the same
+  conv in plain JAX; its VJP gives the input gradient (which XLA drops for an image input)."""
+  return _conv_direct_fwd(x, kernel, stride, pure_jax_fn)[0]
+
+
+def _conv_direct_fwd(x, kernel, stride, pure_jax_fn):
+  attrs, (oh, ow) = _geometry(x.shape, kernel.shape[0], stride)
+  return _conv_forward_op((oh, ow, kernel.shape[-1]), attrs, x, kernel), (x, kernel)
+
+
+def _conv_direct_bwd(stride, pure_jax_fn, residuals, g):
+  x, kernel = residuals
+  attrs, _ = _geometry(x.shape, kernel.shape[0], stride)
+  per_image = _conv_kernel_grad_op(kernel.shape, attrs, x, g)
+  _, vjp = jax.vjp(lambda x: pure_jax_fn(x, kernel), x)
+  return vjp(g)[0], jnp.sum(per_image, axis=0)
+
+
+conv_direct.defvjp(_conv_direct_fwd, _conv_direct_bwd)
