@@ -255,3 +255,38 @@ class Conv(nn.Module):
     if self.use_bias:
       y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(self.dtype)
     return y
+
+
+class NativeBatchNorm(nn.Module):
+  """nn.BatchNorm over the last axis (same 'scale'/'bias' params and 'mean'/'var' batch_stats,
+  same formulas: fast variance, running averages with `momentum`) with the training-mode channel
+  reductions done by the native CPU kernels (models/native/ops.batch_norm_train). float32.
+
+  Used by backbones in place of nn.BatchNorm when their conv impl resolves to 'native' (see
+  use_native_batch_norm); give it the name nn.BatchNorm would have had so checkpoints match.
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    from models.native import ops  # pylint: disable=g-import-not-at-top
+    c = x.shape[-1]
+    ra_mean = self.variable('batch_stats', 'mean', lambda s: jnp.zeros(s, jnp.float32), (c,))
+    ra_var = self.variable('batch_stats', 'var', lambda s: jnp.ones(s, jnp.float32), (c,))
+    scale = self.param('scale', nn.initializers.ones, (c,))
+    bias = self.param('bias', nn.initializers.zeros, (c,))
+    if self.use_running_average:
+      return (x - ra_mean.value) * (scale * jax.lax.rsqrt(ra_var.value + self.epsilon)) + bias
+    y = ops.batch_norm_train(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      mean, var = ops.batch_stats(jax.lax.stop_gradient(x))  # as the forward computed them
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
+def use_native_batch_norm(conv_impl, dtype):
+  """Batch norm after a conv runs natively when the convs do (CPU, float32)."""
+  return resolve_conv_impl(conv_impl) == 'native' and jnp.dtype(dtype) == jnp.float32

@@ -6,7 +6,7 @@ Returns the last feature map [B, H/32, W/32, C]; models/heads.py turns it into a
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.layers import Conv, DepthwiseConv
+from models.layers import Conv, DepthwiseConv, NativeBatchNorm, use_native_batch_norm
 
 # (kernel, out_channels, stride, use_se) per depthwise-separable block, at scale 1.0.
 LCNET_BLOCKS = (
@@ -62,8 +62,12 @@ class ConvBN(nn.Module):
       k = self.kernel_size
       x = Conv(self.features, k, self.strides, dtype=self.dtype, impl=self.conv_impl,
                name='Conv_0')(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype)(x)
+    if use_native_batch_norm(self.conv_impl, self.dtype):
+      x = NativeBatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          name='BatchNorm_0')(x)
+    else:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                       dtype=self.dtype, name='BatchNorm_0')(x)
     return nn.hard_swish(x)
 
 

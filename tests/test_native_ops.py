@@ -130,3 +130,53 @@ def test_without_a_compiler_auto_falls_back_with_one_warning(tmp_path):
   assert r.stdout.split() == ['False', layers.CPU_DEFAULT_IMPL, 'matmul'], r.stdout
   assert r.stderr.count('native CPU kernels unavailable') == 1, r.stderr
   assert not os.listdir(tmp_path / 'cache')  # no half-written library left behind
+
+
+@pytest.mark.parametrize('sharded', [False, True])
+def test_native_batch_norm_trains_like_flax(sharded):
+  """Same parameters and statistics as nn.BatchNorm; loss, gradients and the running-average
+  update equal within float32 rounding; eval mode too. sharded: the batch over 8 devices."""
+  import flax.linen as nn
+  rng = np.random.default_rng(5)
+  x = jnp.asarray(rng.standard_normal((8, 9, 7, 16), np.float32) * 3 + 1)
+  kw = dict(momentum=0.9, epsilon=1e-5, name='BatchNorm_0')
+
+  class Net(nn.Module):
+    native: bool
+    train: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+      bn = layers.NativeBatchNorm if self.native else nn.BatchNorm
+      return jnp.sin(bn(use_running_average=not self.train, **kw)(x))
+
+  v = Net(False).init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, Net(True).init(jax.random.key(0), x)) == jax.tree.map(
+      jnp.shape, v)
+  v = {'params': {'BatchNorm_0': {'scale': jnp.asarray(rng.standard_normal(16), jnp.float32),
+                                  'bias': jnp.asarray(rng.standard_normal(16), jnp.float32)}},
+       'batch_stats': v['batch_stats']}
+
+  def loss(params, x, native):
+    y, new = Net(native).apply({'params': params, 'batch_stats': v['batch_stats']}, x,
+                               mutable=['batch_stats'])
+    return jnp.sum(y), new
+
+  if sharded:
+    x_in = jax.device_put(x, NamedSharding(jax.make_mesh((8,), ('data',)), P('data')))
+  else:
+    x_in = x
+  want = jax.value_and_grad(loss, has_aux=True)(v['params'], x, False)
+  fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True), static_argnums=2)
+  (got_loss, got_stats), (got_dparams, got_dx) = fn(v['params'], x_in, True)
+  _assert_close(got_loss, want[0][0], 'loss')
+  for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got_stats),
+                          jax.tree.leaves(want[0][1])):
+    _assert_close(g, r, jax.tree_util.keystr(path))
+  for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(got_dparams),
+                          jax.tree.leaves(want[1])):
+    _assert_close(g, r, jax.tree_util.keystr(path), atol=1e-5)
+  _assert_close(got_dx, jax.grad(lambda x: loss(v['params'], x, False)[0])(x), 'dx', atol=1e-5)
+  evals = [Net(n, train=False).apply({'params': v['params'], 'batch_stats': got_stats[
+      'batch_stats']}, x) for n in (True, False)]
+  _assert_close(evals[0], evals[1], 'eval')

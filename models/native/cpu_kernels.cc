@@ -25,6 +25,12 @@
 // im2col's k*k-times-larger patch tensor, x [N, H, W, Ci], kernel [K, K, Ci, Co]:
 //   conv_forward       (x, kernel)        -> y        [N, OH, OW, Co]
 //   conv_kernel_grad   (x, g)             -> [N, K, K, Ci, Co], one partial sum per image
+//
+// And per-channel sums for batch norm, x, y [N, R, C] (one partial per image):
+//   channel_sums       (x)                -> [N, 2, C]: sum of x, sum of x*x
+//   channel_sums2      (x, y)             -> [N, 2, C]: sum of x, sum of x*y
+// XLA:CPU runs these column reductions through YNNPACK, which is slower on two threads than on
+// one for activations this size; here each image is one pass on one thread.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -413,6 +419,31 @@ void ConvKernelGradImages(const Geometry& g, int64_t ci, int64_t co, const float
   }
 }
 
+
+// out[n, 0] = sum over r of a[n, r]; out[n, 1] = sum over r of a[n, r] * b[n, r] (b = a when
+// b is null). Channels vectorised; the two [C] accumulators live in L1.
+template <int CC>
+void ChannelSumsImages(int64_t r_len, int64_t c_rt, const float* a, const float* b, float* out,
+                       int64_t begin, int64_t end) {
+  const int64_t c = CC > 0 ? CC : c_rt;
+  for (int64_t n = begin; n < end; ++n) {
+    float* __restrict s1 = out + n * 2 * c;
+    float* __restrict s2 = s1 + c;
+    std::memset(s1, 0, sizeof(float) * 2 * c);
+    const float* an = a + n * r_len * c;
+    const float* bn = b ? b + n * r_len * c : an;
+    for (int64_t r = 0; r < r_len; ++r) {
+      const float* __restrict ar = an + r * c;
+      const float* __restrict br = bn + r * c;
+#pragma GCC ivdep
+      for (int64_t i = 0; i < c; ++i) {
+        s1[i] += ar[i];
+        s2[i] += ar[i] * br[i];
+      }
+    }
+  }
+}
+
 // Calls Kernel<CC> with CC = the channel count when it is a common one, else CC = 0 (runtime).
 #define DISPATCH_CHANNELS(KERNEL, C, ...)                 \
   switch (C) {                                            \
@@ -547,6 +578,35 @@ ffi::Error ConvKernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   return ffi::Error::Success();
 }
 
+ffi::Error ChannelSumsImpl(ffi::ThreadPool& pool, const float* a, const float* b,
+                           ffi::Span<const int64_t> ad, ffi::Span<const int64_t> od,
+                           float* out) {
+  if (ad.size() != 3 || od.size() != 3 || od[0] != ad[0] || od[1] != 2 || od[2] != ad[2]) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "channel_sums: bad shapes");
+  }
+  const int64_t r = ad[1], c = ad[2];
+  ParallelFor(pool, ad[0], [&](int64_t lo, int64_t hi) {
+    DISPATCH_CHANNELS(ChannelSumsImages, c, r, c, a, b, out, lo, hi);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error ChannelSums(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                       ffi::ResultBuffer<ffi::F32> out) {
+  return ChannelSumsImpl(pool, x.typed_data(), nullptr, x.dimensions(), out->dimensions(),
+                         out->typed_data());
+}
+
+ffi::Error ChannelSums2(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> y,
+                        ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions(), yd = y.dimensions();
+  if (xd.size() != yd.size() || !std::equal(xd.begin(), xd.end(), yd.begin())) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "channel_sums2: shapes differ");
+  }
+  return ChannelSumsImpl(pool, x.typed_data(), y.typed_data(), xd, out->dimensions(),
+                         out->typed_data());
+}
+
 }  // namespace
 
 #define BIND_ATTRS                                                               \
@@ -593,3 +653,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradHandler, ConvKernelGrad,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSumsHandler, ChannelSums,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSums2Handler, ChannelSums2,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

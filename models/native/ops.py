@@ -29,7 +29,9 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.c
 TARGETS = {'docembed_dw_forward': 'DwForward', 'docembed_dw_input_grad': 'DwInputGrad',
            'docembed_dw_kernel_grad': 'DwKernelGrad', 'docembed_xtg': 'PixelXtg',
            'docembed_conv_forward': 'ConvForwardHandler',
-           'docembed_conv_kernel_grad': 'ConvKernelGradHandler'}
+           'docembed_conv_kernel_grad': 'ConvKernelGradHandler',
+           'docembed_channel_sums': 'ChannelSumsHandler',
+           'docembed_channel_sums2': 'ChannelSums2Handler'}
 # -march=native: the library is built on (and cached per CPU of) the machine that runs it.
 CXXFLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
@@ -263,3 +265,56 @@ def _conv_direct_bwd(stride, pure_jax_fn, residuals, g):
 
 
 conv_direct.defvjp(_conv_direct_fwd, _conv_direct_bwd)
+
+
+_channel_sums_op = _batch_parallel('docembed_channel_sums', 'n r c -> n s c', (True,))
+_channel_sums2_op = _batch_parallel('docembed_channel_sums2', 'n r c, n r c -> n s c',
+                                    (True, True))
+
+
+def _sums(x, y=None):
+  """(sum of x, sum of x*y) per channel over every axis but the last; y=None: x*x."""
+  n, c = x.shape[0], x.shape[-1]
+  flat = lambda a: a.reshape(n, -1, c)
+  per_image = (_channel_sums_op((2, c), (), flat(x)) if y is None else
+               _channel_sums2_op((2, c), (), flat(x), flat(y)))
+  s = jnp.sum(per_image, axis=0)
+  return s[0], s[1]
+
+
+def batch_stats(x):
+  """Per-channel batch mean and (biased) variance of NHWC float32 x, as flax's BatchNorm
+  computes them (use_fast_variance: E[x^2] - E[x]^2, clipped at 0). Not differentiable: the
+  running averages only; batch_norm_train differentiates through its own statistics."""
+  m = x.size // x.shape[-1]
+  s1, s2 = _sums(x)
+  mean = s1 / m
+  return mean, jnp.maximum(s2 / m - mean * mean, 0.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x, scale, bias, epsilon):
+  """Training-mode batch norm of NHWC float32 x over (N, H, W) with the batch's statistics,
+  as flax's nn.BatchNorm computes it; every channel reduction (forward and backward) native."""
+  return _bn_fwd(x, scale, bias, epsilon)[0]
+
+
+def _bn_fwd(x, scale, bias, epsilon):
+  mean, var = batch_stats(x)
+  inv = jax.lax.rsqrt(var + epsilon)
+  return (x - mean) * (inv * scale) + bias, (x, mean, inv, scale)
+
+
+def _bn_bwd(epsilon, residuals, g):
+  del epsilon
+  x, mean, inv, scale = residuals
+  m = x.size // x.shape[-1]
+  g_sum, gx_sum = _sums(g, x)
+  dbias = g_sum
+  dscale = inv * (gx_sum - mean * g_sum)           # sum of g * xhat
+  xhat = (x - mean) * inv
+  dx = (inv * scale) * (g - g_sum / m - xhat * (dscale / m))
+  return dx, dscale, dbias
+
+
+batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
