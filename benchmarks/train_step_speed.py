@@ -1,7 +1,10 @@
 """Training-step speed on CPU: the project's jitted train step vs its PyTorch twin.
 
   python benchmarks/train_step_speed.py                       # batch 64 and 256, 128 px
-  python benchmarks/train_step_speed.py --batches=64 --impls=auto,xla --conv_impls=auto,xla --forward
+  python benchmarks/train_step_speed.py --batches=64 --impls=auto,shifted_vjp --conv_impls=auto,matmul --forward
+
+('auto' on CPU = the native kernels of models/native; 'shifted_vjp' / 'matmul' = the pure-JAX
+formulations used without them.)
 
 Times train.make_train_step (the real step: configs/arcface_clip.py:demo model, CosFace over
 --num_classes classes, AdamW, jitted and donated as train.py does) against

