@@ -470,7 +470,7 @@ void ChannelSumsImages(int64_t r_len, int64_t c_rt, const float* a, const float*
 
 ffi::Error CheckGeometry(const Geometry& g) {
   if (g.k <= 0 || g.stride <= 0 || g.c <= 0 || g.oh <= 0 || g.ow <= 0) {
-    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "depthwise conv: bad geometry");
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "conv: bad geometry");
   }
   return ffi::Error::Success();
 }
@@ -618,60 +618,21 @@ ffi::Error ChannelSums2(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
 
 }  // namespace
 
+// Every handler takes XLA's intra-op pool and float32 buffers; the geometry attributes where the
+// kernel has a window.
 #define BIND_ATTRS                                                               \
   .Attr<int64_t>("stride").Attr<int64_t>("pad_top").Attr<int64_t>("pad_left")
+#define F32_IN .Arg<ffi::Buffer<ffi::F32>>()
+#define F32_OUT .Ret<ffi::Buffer<ffi::F32>>()
+#define POOL ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DwForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DwInputGrad, InputGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(DwKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(PixelXtg, Xtg,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwForward, Forward, POOL F32_IN F32_IN F32_OUT BIND_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwInputGrad, InputGrad, POOL F32_IN F32_IN F32_OUT BIND_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(DwKernelGrad, KernelGrad, POOL F32_IN F32_IN F32_OUT BIND_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PixelXtg, Xtg, POOL F32_IN F32_IN F32_OUT);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvForwardHandler, ConvForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
-
+                              POOL F32_IN F32_IN F32_OUT BIND_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvKernelGradHandler, ConvKernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>() BIND_ATTRS);
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSumsHandler, ChannelSums,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSums2Handler, ChannelSums2,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                              POOL F32_IN F32_IN F32_OUT BIND_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSumsHandler, ChannelSums, POOL F32_IN F32_OUT);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ChannelSums2Handler, ChannelSums2, POOL F32_IN F32_IN F32_OUT);
