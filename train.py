@@ -21,7 +21,8 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from configs.validate import ConfigError, resolve_mesh_shape, validate_config
+from configs.validate import resolve_mesh_shape, validate_config
+from errors import ConfigError, RunStopped
 from evaluation import evaluators
 from input_pipeline import train_data
 from losses import distill
@@ -40,10 +41,6 @@ def create_mesh(config):
   data, model = resolve_mesh_shape(config, jax.device_count())
   return jax.make_mesh((data, model), ('data', 'model'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
-
-
-class RunStopped(RuntimeError):
-  """The run cannot go on (non-finite loss, checkpoint that does not fit); said in one line."""
 
 
 # The batch is split over every device: the backbone is data parallel on the whole mesh, while

@@ -2,11 +2,8 @@
 import jax
 import numpy as np
 
+from errors import ConfigError
 from models.layers import CONV_IMPLS, IMPLS
-
-
-class ConfigError(ValueError):
-  pass
 
 
 def resolve_mesh_shape(config, num_devices):

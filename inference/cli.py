@@ -14,14 +14,15 @@ a registry file is only ever replaced whole, after the command succeeded.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
 import numpy as np
 
+from errors import InputError
+from file_io import clean_stale_temps, locked, write_json_atomic, write_with_atomic
 from inference import images as images_lib
-from inference.atomic import write_json_atomic, write_with_atomic
-from inference.images import InputError
 
 PROGRESS_MIN_ITEMS = 32  # a progress bar only where a person would wait
 
@@ -53,6 +54,18 @@ def load_registry(path, model, create=False):
   return Registry.load(path, model)
 
 
+def update_registry(path, model, change, create=False):
+  """Read, change, save under the registry's lock: two writers both land, one after the other
+  (the second re-reads the first's result), and nothing is written if `change` raises."""
+  with locked(path):
+    for name in clean_stale_temps(path):
+      print(f'removed {name}, left by a writer that was killed', file=sys.stderr)
+    reg = load_registry(path, model, create=create)
+    result = change(reg)
+    reg.save(path)
+  return reg, result
+
+
 def embed_files(args, model, paths, skip_unreadable=False):
   loaded = images_lib.load_images(paths, model.preprocessing, skip_unreadable=skip_unreadable,
                                   progress=progress_fn(args, 'load'))
@@ -75,7 +88,7 @@ def cmd_embed(args):
 
 def cmd_register(args):
   model = load_model(args)
-  reg = load_registry(args.registry, model, create=True)
+  load_registry(args.registry, model, create=True)  # refuse a bad registry before embedding
   if args.tree:
     items = images_lib.scan_registration_tree(args.tree)
   elif args.label and args.inputs:
@@ -88,12 +101,12 @@ def cmd_register(args):
   by_label = {}
   for row, (label, _) in enumerate(items):
     by_label.setdefault(label, []).append(row)
-  reports = []
-  for label, rows in by_label.items():
-    reports.append(reg.add_embeddings(
-        label, emb[rows], [loaded.paths[r] for r in rows],
-        [pixel_hash(loaded.images[r]) for r in rows]))
-  reg.save(args.registry)
+
+  def add_all(reg):  # under the lock, on the registry as it is now (another writer may have run)
+    return [reg.add_embeddings(label, emb[rows], [loaded.paths[r] for r in rows],
+                               [pixel_hash(loaded.images[r]) for r in rows])
+            for label, rows in by_label.items()]
+  reg, reports = update_registry(args.registry, model, add_all, create=True)
   lines = [f'{args.registry}: {len(reg)} entries, {len(reg.list())} labels']
   for r in reports:
     note = ' (label existed: entries appended)' if r['label_existed'] else ''
@@ -147,11 +160,11 @@ def cmd_calibrate(args):
   from inference.calibration import calibrate_registry
   from inference.registry import pixel_hash
   model = load_model(args)
-  reg = load_registry(args.registry, model)
+  load_registry(args.registry, model)  # refuse a bad registry before embedding
   loaded, emb, labels = labelled_folder(args, model)
-  result = calibrate_registry(reg, emb, labels, [pixel_hash(im) for im in loaded.images],
-                              target_fpr=args.fpr)
-  reg.save(args.registry)
+  hashes = [pixel_hash(im) for im in loaded.images]
+  _, result = update_registry(args.registry, model, lambda reg: calibrate_registry(
+      reg, emb, labels, hashes, target_fpr=args.fpr))
   text = (f'threshold {result["threshold"]:.4f} for FPR {args.fpr:g}: '
           f'{result["accepted_impostors"]}/{result["impostor_pairs"]} impostor pairs above it, '
           f'genuine pairs accepted {result["genuine_accept_rate"]}')
@@ -173,10 +186,7 @@ def cmd_list(args):
 
 
 def cmd_remove(args):
-  from inference.registry import Registry
-  reg = Registry.load(args.registry)
-  n = reg.remove(args.label)
-  reg.save(args.registry)
+  _, n = update_registry(args.registry, None, lambda reg: reg.remove(args.label))
   emit(args, {'removed': n, 'label': args.label}, f'removed {n} entries of {args.label!r}')
 
 
@@ -217,6 +227,27 @@ def cmd_export(args):
 
 
 # ---- argument parsing ----
+def positive_int(text):
+  value = int(text)
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'{text}: must be 1 or more')
+  return value
+
+
+def finite_float(text):
+  value = float(text)
+  if not math.isfinite(value):
+    raise argparse.ArgumentTypeError(f'{text}: must be a finite number')
+  return value
+
+
+def rate(text):
+  value = float(text)
+  if not 0 < value < 1:
+    raise argparse.ArgumentTypeError(f'{text}: must lie strictly between 0 and 1')
+  return value
+
+
 def build_parser():
   p = argparse.ArgumentParser(prog='python -m inference.cli', description=__doc__.split('\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -248,14 +279,14 @@ def build_parser():
   s = command('classify', cmd_classify, 'Name the type of each image, or say unknown.',
               registry=True)
   s.add_argument('inputs', nargs='+', help='image files, folders or globs')
-  s.add_argument('--top-k', type=int, default=1, help='also list the next best labels')
+  s.add_argument('--top-k', type=positive_int, default=1, help='also list the next best labels')
   s.add_argument('--type', help="only this type's entries (its sub-labels) compete")
-  s.add_argument('--threshold', type=float, help='override the calibrated threshold')
+  s.add_argument('--threshold', type=finite_float, help='override the calibrated threshold')
 
   s = command('calibrate', cmd_calibrate, 'Set the registry threshold for a target FPR.',
               registry=True)
   s.add_argument('--data', required=True, help='labels.csv folder or root/<type>/ tree')
-  s.add_argument('--fpr', type=float, default=1e-4, help='target false-positive rate per pair')
+  s.add_argument('--fpr', type=rate, default=1e-4, help='target false-positive rate per pair')
 
   command('list', cmd_list, 'List the labels of a registry.', model=False, registry=True)
   s = command('remove', cmd_remove, 'Remove a label (a type removes its sub-labels).',
@@ -266,8 +297,8 @@ def build_parser():
   s.add_argument('--data', required=True, help='folder with labels.csv (file,label,role)')
   s.add_argument('--out', help='write the figures as JSON here')
   s.add_argument('--roc', help='write a ROC curve PNG here')
-  s.add_argument('--fpr', type=float, default=1e-4, help='open-set calibration target FPR')
-  s.add_argument('--folds', type=int, default=4, help='open-set: labels held out per fold')
+  s.add_argument('--fpr', type=rate, default=1e-4, help='open-set calibration target FPR')
+  s.add_argument('--folds', type=positive_int, default=4, help='open-set: labels held out per fold')
 
   s = command('export', cmd_export, 'Export embed() as jax.export and ONNX, parity-checked.')
   s.add_argument('--out', required=True, help='output folder')

@@ -4,10 +4,12 @@ numpy only: loaders in inference/model.py (JAX) and inference/onnx_model.py (onn
 their compiled function as `batch_fn`; the registry and CLI see only this class.
 """
 import dataclasses
-import json
 import os
 
 import numpy as np
+
+from errors import CorruptFileError, InputError
+import file_io
 
 # Batches are padded up to one of these sizes so a jitted function compiles a handful of times,
 # not once per distinct batch size.
@@ -51,9 +53,11 @@ class EmbeddingModel:
 
 def read_export_metadata(artefact_path):
   """export_dir/embedder.json, written beside each artefact by inference/export.py."""
-  from inference.images import InputError
   meta_path = os.path.splitext(artefact_path)[0] + '.json'
   if not os.path.isfile(meta_path):
     raise InputError(f'{artefact_path}: missing metadata file {meta_path}')
-  with open(meta_path) as f:
-    return json.load(f)
+  meta = file_io.read_json(meta_path, 'export metadata')
+  missing = [k for k in ('fingerprint', 'embed_dim', 'preprocessing') if k not in meta]
+  if missing:
+    raise CorruptFileError(f'{meta_path}: export metadata lacks {", ".join(missing)}')
+  return meta

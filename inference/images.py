@@ -13,6 +13,7 @@ import unicodedata
 import numpy as np
 from PIL import Image, ImageOps
 
+from errors import InputError
 from input_pipeline.image_io import load_rgb, stretch_to_square
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.pgm',
@@ -20,10 +21,6 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.tif', '.tiff', '.
 # How a file becomes model input. Recorded in registries and exports: a registry built with one
 # preprocessing must not be searched with embeddings made by another.
 RESIZE_MODES = ('stretch', 'pad')
-
-
-class InputError(ValueError):
-  """Bad user input (file, folder, label, registry): shown as one line, never a traceback."""
 
 
 def default_preprocessing(image_size):
@@ -53,7 +50,11 @@ def load_image(path, preprocessing):
     # Full decode (no JPEG draft scaling), as the evaluation loader does: identical pixels.
     rgb = load_rgb(data)
   except (OSError, ValueError) as e:
-    raise InputError(f'{path}: not a readable image ({e})') from None
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    # image_io's reasons may already say 'not a readable image (...)': say it once.
+    if not why.startswith('not a readable image'):
+      why = f'not a readable image ({why})'
+    raise InputError(f'{path}: {why}') from None
   if preprocessing.get('resize', 'stretch') == 'pad':
     im = ImageOps.pad(Image.fromarray(rgb), (size, size), Image.BILINEAR, color=(255, 255, 255))
     return np.asarray(im, dtype=np.uint8)

@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from errors import CorruptFileError, InputError
+import file_io
 from inference.embedding import EmbeddingModel, read_export_metadata
-from inference.images import InputError, default_preprocessing
+from inference.images import default_preprocessing
 from models.embedder import build_model
 
 EXPORT_STEM = 'embedder'  # export_dir/embedder.{jaxexport,onnx,json}
@@ -69,11 +71,12 @@ def read_workdir_config(workdir):
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise InputError(f'{workdir}: no config.json (not a training workdir)')
-  with open(path) as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise InputError(f'{path}: not valid JSON ({e})') from None
+  config = file_io.read_json(path, 'training config')
+  for section, key in (('model', None), ('data', 'image_size')):
+    if not isinstance(config.get(section), dict) or (key and key not in config[section]):
+      raise CorruptFileError(f'{path}: training config lacks {section}'
+                             + (f'.{key}' if key else ''))
+  return ml_collections.ConfigDict(config)
 
 
 def load_checkpoint(workdir, step=None):
@@ -113,7 +116,13 @@ def load_jax_export(path):
   """A `*.jaxexport` written by inference/export.py -> EmbeddingModel (no flax model needed)."""
   meta = read_export_metadata(path)
   with open(path, 'rb') as f:
-    exported = jax.export.deserialize(bytearray(f.read()))
+    data = f.read()
+  try:
+    exported = jax.export.deserialize(bytearray(data))
+  except Exception as e:  # pylint: disable=broad-except  (flatbuffer parsing of untrusted bytes
+    # fails with whatever the parser trips on: struct.error, IndexError, ...)
+    raise CorruptFileError(f'{path}: not a readable jax.export file ({len(data)} bytes; '
+                           f'truncated or damaged? {type(e).__name__})') from None
   return EmbeddingModel(
       batch_fn=jax.jit(exported.call), preprocessing=meta['preprocessing'],
       embed_dim=int(meta['embed_dim']), fingerprint=meta['fingerprint'], source=path,
@@ -134,5 +143,12 @@ def load_model(path):
     return load_jax_export(path)
   if path.endswith('.onnx') and os.path.isfile(path):
     from inference.onnx_model import load_onnx
-    return load_onnx(path)
+    try:
+      return load_onnx(path)
+    except InputError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (onnxruntime raises its own pybind
+      # types for a bad file: InvalidProtobuf, Fail, InvalidGraph, ...)
+      raise CorruptFileError(f'{path}: not a readable ONNX model (truncated or damaged? '
+                             f'{type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
   raise InputError(f'{path}: no such workdir or model artefact (.jaxexport / .onnx)')

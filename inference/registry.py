@@ -11,14 +11,16 @@ numpy only (plus Pillow through inference.images), so it works next to the ONNX 
 """
 import hashlib
 import io
-import os
+import json
+import math
 import unicodedata
 
 import numpy as np
 
+from errors import CorruptFileError, InputError
+import file_io
 from inference import images as images_lib
-from inference.atomic import write_bytes_atomic
-from inference.images import InputError, label_type, split_label
+from inference.images import label_type, split_label
 from inference.search import EntryIndex
 
 FORMAT_VERSION = 1
@@ -94,6 +96,8 @@ class Registry:
     """
     split_label(label)
     emb = np.asarray(embeddings, np.float32).reshape(-1, self.embed_dim)
+    if not np.isfinite(emb).all():  # a broken model or export: never store what cannot match
+      raise InputError(f'label {label!r}: the model gave NaN/Inf embeddings; nothing registered')
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     n = len(emb)
     sources = list(sources) if sources is not None else [''] * n
@@ -222,35 +226,73 @@ class Registry:
             'labels': self.labels, 'sources': self.sources, 'hashes': self.hashes}
 
   def save(self, path):
-    import json
+    """Replaces the file whole (file_io: atomic, mode and symlink target kept). Callers that
+    read, change and save (inference/cli.py) hold file_io.locked(path) around all three."""
     meta = np.frombuffer(json.dumps(self.metadata()).encode('utf-8'), np.uint8)
     buf = io.BytesIO()
     np.savez(buf, embeddings=self.embeddings, meta_json=meta)
-    write_bytes_atomic(path, buf.getvalue())
+    file_io.write_bytes_atomic(path, buf.getvalue())
 
   @classmethod
   def load(cls, path, model=None):
-    import json
-    if not os.path.isfile(path):
-      raise InputError(f'{path}: no such registry file')
+    """Reads and checks a registry: every problem is one InputError naming the file."""
+    arrays = file_io.read_npz(path, ('embeddings', 'meta_json'), 'registry file')
     try:
-      with np.load(path, allow_pickle=False) as f:
-        embeddings = np.asarray(f['embeddings'], np.float32)
-        meta = json.loads(bytes(f['meta_json']).decode('utf-8'))
-    except (OSError, ValueError, KeyError) as e:
-      raise InputError(f'{path}: not a registry file ({type(e).__name__}: {e})') from None
-    if meta.get('format_version') != FORMAT_VERSION:
-      raise InputError(f'{path}: registry format {meta.get("format_version")}, '
-                       f'expected {FORMAT_VERSION}')
-    reg = cls(meta['fingerprint'], meta['embed_dim'], meta['preprocessing'])
-    n = len(meta['labels'])
-    if embeddings.shape != (n, reg.embed_dim) or len(meta['sources']) != n:
-      raise InputError(f'{path}: corrupt registry ({embeddings.shape} embeddings, {n} labels)')
-    reg.embeddings, reg.labels = embeddings, list(meta['labels'])
-    reg.sources, reg.hashes = list(meta['sources']), list(meta['hashes'])
-    reg.threshold, reg.calibration = meta['threshold'], meta.get('calibration', {})
+      meta = json.loads(arrays['meta_json'].tobytes().decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise CorruptFileError(f'{path}: registry metadata is not valid JSON ({e})') from None
+    reg = cls._from_checked(path, arrays['embeddings'], meta)
     if model is not None:
       reg.attach_model(model)
+    return reg
+
+  @classmethod
+  def _from_checked(cls, path, embeddings, meta):
+    """A Registry from stored arrays, after checking every field a hand edit could break."""
+    def bad(what):
+      return CorruptFileError(f'{path}: corrupt registry: {what}')
+    if not isinstance(meta, dict):
+      raise bad(f'metadata is a {type(meta).__name__}, not a JSON object')
+    if meta.get('format_version') != FORMAT_VERSION:
+      raise bad(f'format {meta.get("format_version")!r}, expected {FORMAT_VERSION}')
+    kinds = {'fingerprint': str, 'embed_dim': int, 'preprocessing': dict, 'labels': list,
+             'sources': list, 'hashes': list}
+    for key, kind in kinds.items():
+      if key not in meta:
+        raise bad(f'metadata lacks {key!r}')
+      if not isinstance(meta[key], kind) or isinstance(meta[key], bool):
+        raise bad(f'{key!r} is a {type(meta[key]).__name__}, expected {kind.__name__}')
+    if meta['embed_dim'] <= 0:
+      raise bad(f'embed_dim {meta["embed_dim"]} is not positive')
+    if not isinstance(meta['preprocessing'].get('image_size'), int):
+      raise bad('preprocessing.image_size is not an integer')
+    n, dim = len(meta['labels']), meta['embed_dim']
+    for key in ('labels', 'sources', 'hashes'):
+      if len(meta[key]) != n or not all(isinstance(v, str) for v in meta[key]):
+        raise bad(f'{key!r} must be {n} strings')
+    for label in meta['labels']:
+      try:
+        split_label(label)
+      except InputError as e:
+        raise bad(f'stored {e}') from None
+    if embeddings.dtype != np.float32 or embeddings.shape != (n, dim):
+      raise bad(f'embeddings are {embeddings.dtype} {list(embeddings.shape)}, expected float32 '
+                f'[{n}, {dim}] for {n} labels')
+    if not np.isfinite(embeddings).all():
+      rows = np.flatnonzero(~np.isfinite(embeddings).all(axis=1))
+      raise bad(f'{len(rows)} embedding(s) hold NaN or Inf (first: entry {rows[0]}, label '
+                f'{meta["labels"][rows[0]]!r}); remove that label and register it again')
+    threshold = meta.get('threshold')
+    if threshold is not None and (not isinstance(threshold, (int, float))
+                                  or isinstance(threshold, bool) or not math.isfinite(threshold)):
+      raise bad(f'threshold {threshold!r} is not a finite number')
+    calibration = meta.get('calibration', {})
+    if not isinstance(calibration, dict):
+      raise bad(f'calibration is a {type(calibration).__name__}, expected dict')
+    reg = cls(meta['fingerprint'], dim, meta['preprocessing'])
+    reg.embeddings, reg.labels = embeddings, list(meta['labels'])
+    reg.sources, reg.hashes = list(meta['sources']), list(meta['hashes'])
+    reg.threshold, reg.calibration = threshold, calibration
     return reg
 
   # ---- helpers ----

@@ -14,9 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-
-class DataError(ValueError):
-  """A user-data problem (missing dataset, empty folder): main.py prints it as one line."""
+from errors import DataError  # noqa: F401  (raised by every input_pipeline source)
 
 
 # A truncated file must be an error, never a half-grey image silently trained on.
