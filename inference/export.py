@@ -4,7 +4,10 @@ Two artefacts in one folder, each with the same metadata JSON beside it (fingerp
 width, preprocessing, model config), so a registry built with the checkpoint accepts both:
 - embedder.jaxexport: `jax.export` serialisation, batch dimension symbolic; needs jax only.
 - embedder.onnx: converted with jax2onnx (a direct jaxpr -> ONNX converter; no TF round trip),
-  batch dimension symbolic; runs with onnxruntime alone (inference/onnx_model.py).
+  batch dimension symbolic; runs with onnxruntime alone (inference/onnx_model.py). Traced with
+  lax convolutions (onnx_model_config), so every conv is one ONNX Conv that onnxruntime fuses
+  with its batch norm and activation, then its input normalisation is moved behind the layout
+  transpose (inference/onnx_graph.py). Issue 17 has the measurements.
 Each artefact is checked against the JAX model on the same images; the max abs difference is
 returned and printed by the CLI.
 """
@@ -25,7 +28,7 @@ from models.layers import resolve_conv_impl, resolve_impl
 
 
 def _embed_fn(model_config, variables):
-  model = build_model(portable_model_config(model_config))
+  model = build_model(model_config)
   return make_embed_fn(model, jax.tree.map(jnp.asarray, variables))
 
 
@@ -39,6 +42,22 @@ def portable_model_config(model_config):
       cfg.depthwise_impl = 'shifted'
     if resolve_conv_impl(cfg.get('conv_impl', 'auto')) == 'native':
       cfg.conv_impl = 'matmul'
+  return cfg
+
+
+def onnx_model_config(model_config):
+  """The model config traced for ONNX: lax convolutions ('xla') for dense and depthwise convs.
+
+  jax2onnx turns each lax conv into one ONNX Conv (depthwise: group=C), which onnxruntime fuses
+  with the following BatchNormalization and activation and runs with its own conv kernels. The
+  CPU formulations of portable_model_config become hundreds of Slice/Mul/Add (depthwise taps)
+  and Concat + MatMul (im2col) nodes that it cannot fuse: 11.3 ms vs 1.7 ms at batch 1 and
+  500 vs 154 ms at batch 64 on the demo model (issue 17). Same parameters, same function.
+  """
+  cfg = ml_collections.ConfigDict(model_config)
+  with cfg.unlocked():
+    cfg.depthwise_impl = 'xla'
+    cfg.conv_impl = 'xla'
   return cfg
 
 
@@ -60,6 +79,8 @@ def export_onnx(fn, image_size, path):
     spec = jax.ShapeDtypeStruct(('B', image_size, image_size, 3), jnp.uint8)
     proto = to_onnx(fn, [spec], model_name='embedder', input_names=['images'],
                     output_names=['embeddings'])
+  from inference.onnx_graph import fold_input_normalization  # needs onnx, export-time only
+  proto, _ = fold_input_normalization(proto)
   write_with_atomic(path, lambda tmp: open(tmp, 'wb').write(proto.SerializeToString()))
 
 
@@ -73,7 +94,9 @@ def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images
   if embedding_model.variables is None:
     raise ValueError(f'{embedding_model.source}: export needs a checkpoint, not an artefact')
   size = embedding_model.preprocessing['image_size']
-  fn = _embed_fn(embedding_model.model_config, embedding_model.variables)
+  config, variables = embedding_model.model_config, embedding_model.variables
+  fns = {'jax': _embed_fn(portable_model_config(config), variables),
+         'onnx': _embed_fn(onnx_model_config(config), variables)}
   if check_images is None:
     check_images = np.random.RandomState(0).randint(0, 256, (4, size, size, 3), np.uint8)
   reference = embedding_model.embed(check_images)
@@ -85,10 +108,10 @@ def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images
     # Metadata first: the loaders below read it, and it is identical for both artefacts.
     write_json_atomic(os.path.join(out_dir, EXPORT_STEM + '.json'), embedding_model.metadata())
     if fmt == 'jax':
-      export_jax(fn, size, path)
+      export_jax(fns['jax'], size, path)
       loaded = load_jax_export(path)
     else:
-      export_onnx(fn, size, path)
+      export_onnx(fns['onnx'], size, path)
       from inference.onnx_model import load_onnx
       loaded = load_onnx(path)
     got = loaded.embed(check_images)
