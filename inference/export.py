@@ -6,8 +6,8 @@ width, preprocessing, model config), so a registry built with the checkpoint acc
 - embedder.onnx: converted with jax2onnx (a direct jaxpr -> ONNX converter; no TF round trip),
   batch dimension symbolic; runs with onnxruntime alone (inference/onnx_model.py). Traced with
   lax convolutions (onnx_model_config), so every conv is one ONNX Conv that onnxruntime fuses
-  with its batch norm and activation, then its input normalisation is moved behind the layout
-  transpose (inference/onnx_graph.py). Issue 17 has the measurements.
+  with its batch norm and activation, then rewritten where onnxruntime would not fuse
+  (inference/onnx_graph.py: input normalisation behind the layout transpose, ReLU6 as Clip). Issue 17 has the measurements.
 Each artefact is checked against the JAX model on the same images; the max abs difference is
 returned and printed by the CLI.
 """
@@ -79,8 +79,8 @@ def export_onnx(fn, image_size, path):
     spec = jax.ShapeDtypeStruct(('B', image_size, image_size, 3), jnp.uint8)
     proto = to_onnx(fn, [spec], model_name='embedder', input_names=['images'],
                     output_names=['embeddings'])
-  from inference.onnx_graph import fold_input_normalization  # needs onnx, export-time only
-  proto, _ = fold_input_normalization(proto)
+  from inference.onnx_graph import optimize_for_onnxruntime  # needs onnx, export-time only
+  proto, _ = optimize_for_onnxruntime(proto)
   write_with_atomic(path, lambda tmp: open(tmp, 'wb').write(proto.SerializeToString()))
 
 

@@ -1,0 +1,122 @@
+"""The ONNX export's fast form (issue 17): what the graph looks like, that it computes the JAX
+model's function, and the int8 variant.
+
+Batch statistics are set to random values first: at initialisation (mean 0, variance 1, scale 1,
+bias 0) a wrongly folded batch norm would still match.
+"""
+import collections
+import os
+
+import jax
+import numpy as np
+import onnx
+import pytest
+
+from configs import default
+from inference import quantize
+from inference.export import export_model
+from inference.model import from_variables
+from inference.onnx_graph import fold_input_normalization
+from inference.onnx_model import load_onnx
+from models.embedder import build_model
+
+SIZE = 32
+
+
+def random_stats_model(backbone, width):
+  config = default.get_config()
+  config.model.backbone = backbone
+  config.model.width = width
+  config.model.embed_dim = 32
+  config.model.squeeze_channels = 8
+  variables = build_model(config.model).init(
+      jax.random.PRNGKey(0), np.zeros((1, SIZE, SIZE, 3), np.uint8), train=False)
+  rng = np.random.RandomState(1)
+
+  def perturb(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'var'" in name:
+      return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+    if "'mean'" in name or "'bias'" in name:
+      return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
+    if "'scale'" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return np.asarray(leaf)
+
+  variables = jax.tree_util.tree_map_with_path(perturb, variables)
+  return from_variables(config.model, variables, SIZE, source=f'{backbone}-{width} random')
+
+
+def images(n, seed=0):
+  return np.random.RandomState(seed).randint(0, 256, (n, SIZE, SIZE, 3), np.uint8)
+
+
+@pytest.fixture(scope='module', params=[('lcnet', 0.25), ('mobilenet_v2', 0.35)],
+                ids=['lcnet', 'mobilenet_v2'])
+def exported(request, tmp_path_factory):
+  model = random_stats_model(*request.param)
+  out = str(tmp_path_factory.mktemp('export'))
+  result = export_model(model, out, formats=('onnx',), check_images=images(8))
+  return model, result['onnx']
+
+
+def test_graph_is_one_conv_per_conv_and_normalises_in_nchw(exported):
+  model, result = exported
+  graph = onnx.load(result['path']).graph
+  ops = collections.Counter(n.op_type for n in graph.node)
+  # The CPU formulations (depthwise taps as slices, im2col as concat + matmul) are gone; the
+  # Slices left are MobileNetV2's torch padding, one per stride-2 depthwise conv.
+  assert ops['Slice'] <= 5 and ops['Einsum'] == 0 and ops['MatMul'] == 0, ops
+  # ReLU6 is one Clip (fusable into the conv), not Max -> Min.
+  assert ops['Max'] <= 1 and ops['Min'] == 0, ops
+  params = model.variables['params']
+  n_convs = sum(1 for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                if jax.tree_util.keystr(path).endswith("['kernel']") and leaf.ndim == 4)
+  assert ops['Conv'] == n_convs
+  kernels = {i.name: i for i in graph.initializer}
+  depthwise = [n for n in graph.node if n.op_type == 'Conv'
+               and any(a.name == 'group' and a.i > 1 for a in n.attribute)]
+  assert depthwise, 'depthwise convs should be grouped Convs'
+  # Input: uint8 NHWC -> Transpose -> DequantizeLinear (cast and scale) -> Add, then the convs.
+  first = graph.node[:3]
+  assert [n.op_type for n in first] == ['Transpose', 'DequantizeLinear', 'Add']
+  assert first[0].input[0] == graph.input[0].name
+  assert onnx.numpy_helper.to_array(kernels[first[2].input[1]]).shape == (1, 3, 1, 1)
+
+
+def test_onnx_matches_jax(exported):
+  model, result = exported
+  assert result['max_abs_diff'] < 1e-4
+  x = images(16, seed=3)
+  got = load_onnx(result['path'], num_threads=1).embed(x)
+  assert np.abs(got - model.embed(x)).max() < 1e-4
+
+
+def test_fold_leaves_graphs_without_the_pattern_alone():
+  h = onnx.helper
+  x = h.make_tensor_value_info('x', onnx.TensorProto.FLOAT, ['B', 4, 4, 3])
+  y = h.make_tensor_value_info('y', onnx.TensorProto.FLOAT, None)
+  graph = h.make_graph([h.make_node('Transpose', ['x'], ['y'], perm=[0, 3, 1, 2])], 'g', [x], [y])
+  model = h.make_model(graph)
+  before = model.SerializeToString()
+  model, folded = fold_input_normalization(model)
+  assert not folded and model.SerializeToString() == before
+
+
+def test_int8_variant_loads_and_approximates(exported, tmp_path):
+  model, result = exported
+  out = str(tmp_path / 'embedder.int8.onnx')
+  quantize.quantize_int8(result['path'], out, quantize.calibration_images(SIZE, 16, templates=4))
+  int8 = load_onnx(out, num_threads=1)
+  assert int8.fingerprint == model.fingerprint  # registries of the float model accept it
+  ops = collections.Counter(n.op_type for n in onnx.load(out).graph.node)
+  assert ops['QuantizeLinear'] > 0
+  x = images(8, seed=5)
+  cosine = (int8.embed(x) * model.embed(x)).sum(1)
+  assert cosine.min() > 0.8, cosine
+
+
+def test_quantize_cli_bad_input_is_one_line(tmp_path, capsys):
+  code = quantize.main(['--onnx', str(tmp_path / 'missing.onnx')])
+  err = capsys.readouterr().err
+  assert code == 1 and err.startswith('error: ') and err.count('\n') == 1
