@@ -19,8 +19,8 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
-from configs.validate import ConfigError, validate_config
-from input_pipeline import image_io
+from configs.validate import validate_config
+from errors import ConfigError, DataError, RunStopped
 import train
 
 FLAGS = flags.FLAGS
@@ -37,12 +37,26 @@ def is_multihost():
   return ',' in os.environ.get('TPU_WORKER_HOSTNAMES', '')
 
 
+def last_line(error):
+  """The line that says what is wrong: config_flags puts a whole traceback into its messages."""
+  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
 def parse_flags(argv):
-  """absl's parser, but an override of a field the config lacks is one line, not a traceback."""
+  """absl's parser, but a config file that does not load or an override of a field the config
+  lacks is one line, not a traceback."""
+  config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), '?')
   try:
-    return FLAGS(argv)
+    remaining = FLAGS(argv)
+    FLAGS.config.keys()  # a config file that does not load only fails when first read
+    return remaining
   except flags.Error as e:
+    if 'Traceback' in str(e) or 'Error whilst parsing config file' in str(e):
+      sys.exit(f'Config error: {config_arg}: {last_line(e)}')
     sys.exit(f'FATAL Flags parsing error: {e}')
+  except OSError as e:  # config_flags: the config file could not be loaded
+    sys.exit(f'Config error: cannot load {config_arg}: {last_line(e)}')
   except (AttributeError, KeyError) as e:
     overrides = [a.split('=')[0] for a in argv if a.startswith('--config.')]
     sys.exit(f'Config error: no such config field {str(e).strip(chr(34) + chr(39))!r} '
@@ -72,10 +86,12 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
-  except train.RunStopped as e:
+  except RunStopped as e:
     sys.exit(f'Stopped: {e}')
-  except image_io.DataError as e:
+  except DataError as e:
     sys.exit(f'Data error: {e}')
+  except OSError as e:  # e.g. the workdir is not writable, or the disk filled at start
+    sys.exit(f'Stopped: {e.filename or FLAGS.workdir}: {e.strerror or e}')
 
 
 if __name__ == '__main__':

@@ -3,11 +3,11 @@
 Read top to bottom: mesh, input, model and optimizer, sharding, update step, checkpoint restore,
 evaluation, loop.
 """
+import contextlib
 import functools
 import json
 import os
 import re
-import tempfile
 import time
 
 from absl import logging
@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from configs.validate import resolve_mesh_shape, validate_config
-from errors import ConfigError, RunStopped
+from errors import ConfigError, DataError, RunStopped
+import file_io
 from evaluation import evaluators
 from input_pipeline import train_data
 from losses import distill
@@ -31,6 +32,7 @@ from losses import partial_fc
 from models import teacher as teacher_lib
 from models.embedder import build_model
 from tools import convert_torch_weights
+import workdir as workdir_lib
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,27 +282,51 @@ def create_checkpoint_manager(config, workdir):
                                options=options)
 
 
+def latest_checkpoint_step(workdir):
+  """The newest finished step in workdir/checkpoints, read without creating anything; 0 if none."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return 0
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  return manager.latest_step() or 0
+
+
 def restore_latest(manager, state, shardings):
-  """The latest checkpoint restored onto `shardings`, or `state` when there is none."""
-  step = manager.latest_step()
-  if step is None:
-    return state
+  """(step, state) of the newest intact checkpoint restored onto `shardings`, or (0, `state`)
+  when there is none. A corrupt step is moved aside and the next older one tried (workdir.py);
+  a checkpoint that does not fit the config stops the run."""
+  if manager.latest_step() is None:
+    return 0, state
   abstract = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-  try:
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  except ValueError as e:  # shapes changed: another model or class count
-    raise RunStopped(f'checkpoint at step {step} in {manager.directory} does not fit this config '
-                     f'(model or number of classes changed?): {str(e).splitlines()[0]}') from None
+  step, restored = workdir_lib.restore_newest_intact(manager, abstract)
+  if restored is None:
+    raise RunStopped(f'no intact checkpoint left in {manager.directory} (the corrupt ones were '
+                     f'moved to {workdir_lib.CORRUPT_DIR}/ beside it, see the log); run again to '
+                     'start from step 0')
+  return step, restored
 
 
 def write_config(config, workdir):
   """config.json next to the checkpoints (inference rebuilds the model from it); atomic."""
-  os.makedirs(workdir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=workdir, suffix='.tmp')
-  with os.fdopen(fd, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  file_io.write_bytes_atomic(os.path.join(workdir, 'config.json'),
+                             config.to_json_best_effort(indent=2).encode())
+
+
+@contextlib.contextmanager
+def stop_if_disk_full(manager, step):
+  """Around a save (or the wait for an async one): a full disk is one line, its half-written
+  step folder removed and the last good checkpoint kept."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  (tensorstore wraps ENOSPC in ValueError)
+    if not workdir_lib.is_disk_full(e):
+      raise
+    workdir_lib.clean_orbax_temps(str(manager.directory))
+    manager.reload()
+    raise RunStopped(f'disk full while saving the checkpoint of step {step} in {manager.directory}; '
+                     f'the last good checkpoint is step {manager.latest_step()} (intact). Free '
+                     'space and run the same command again to resume from it.') from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,27 +338,41 @@ def global_batch(batch, sharding):
 
 
 def train_and_evaluate(config, workdir):
-  """Trains, evaluates and checkpoints; resumes from the latest checkpoint in workdir."""
+  """Trains, evaluates and checkpoints; resumes from the latest checkpoint in workdir.
+
+  Holds the workdir lock (workdir.py) for the whole run. Everything is checked (config, data,
+  checkpoint against the config, free space) before anything is written to the workdir.
+  """
   validate_config(config)
+  with contextlib.ExitStack() as cleanup:  # also closes files a stopped run still holds open
+    if jax.process_index() == 0:
+      cleanup.enter_context(workdir_lib.lock(workdir))
+    return _train_and_evaluate(config, workdir, cleanup)
+
+
+def _train_and_evaluate(config, workdir, cleanup):
   mesh = create_mesh(config)
   logging.info('Mesh %s over %d devices, %d processes', dict(mesh.shape), jax.device_count(),
                jax.process_count())
-  if jax.process_index() == 0:
-    write_config(config, workdir)
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
   # ---- Model, optimizer, state ----
   model = build_model(config.model)
   lr_fn = create_learning_rate_fn(config)
   tx = create_optimizer(config, lr_fn)
-  manager = create_checkpoint_manager(config, workdir)
-  start_step = manager.latest_step() or 0
+  if jax.process_index() == 0:  # saves that never finished; we hold the workdir lock
+    workdir_lib.clean_orbax_temps(os.path.join(os.path.abspath(workdir), 'checkpoints'))
+  start_step = latest_checkpoint_step(workdir)
 
   # ---- Input ----
-  train_iter, num_classes = train_data.create_train_iterator(
-      config, start_step=start_step, process_index=jax.process_index(),
+  make_input = lambda step: train_data.create_train_iterator(
+      config, start_step=step, process_index=jax.process_index(),
       process_count=jax.process_count())
+  train_iter, num_classes = make_input(start_step)
   logging.info('Training on %d classes', num_classes)
+  if num_classes < 2:  # one class: the margin softmax is 0 with zero gradient, nothing is learnt
+    raise DataError(f'the training data has {num_classes} class: a model learns nothing from one '
+                    'class. Add document types (folder: one sub-folder per type; pdf: more pages '
+                    'or label_mode=page), or mix in the synthetic source.')
   if config.loss.partial_fc:  # the sample count must hold a whole global batch's positives
     try:
       partial_fc.validate_partial_fc_config(config, num_classes, mesh.shape['model'])
@@ -365,16 +405,29 @@ def train_and_evaluate(config, workdir):
     state = jax.device_put(state.replace(params=dict(state.params, model=variables['params']),
                                          batch_stats=variables['batch_stats']), shardings)
     logging.info('Backbone initialised from %s', config.model.pretrained)
-  state = restore_latest(manager, state, shardings)
+  eval_sets = evaluators.build_eval_sets(config)  # its data checked before anything is written
+  if jax.process_index() == 0:
+    workdir_lib.check_free_space(workdir, workdir_lib.state_bytes(state) + 2**20)
+  manager = create_checkpoint_manager(config, workdir)
+  cleanup.callback(manager.close)
+  restored_step, state = restore_latest(manager, state, shardings)
+  if restored_step != start_step:  # the newest was corrupt: the input restarts at the older step
+    logging.warning('Resuming from step %d instead of %d (see above)', restored_step, start_step)
+    start_step = restored_step
+    train_iter, _ = make_input(start_step)
   if start_step:
     logging.info('Resumed from checkpoint at step %d', start_step)
+  # Only now, with the run known to start or resume cleanly: config.json and the event files.
+  if jax.process_index() == 0:
+    write_config(config, workdir)
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  cleanup.callback(writer.close)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['model']))
   writer.write_hparams({'num_params': num_params, 'num_classes': num_classes})
 
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jit_train_step(config, model, tx, lr_fn, num_classes, mesh, shardings, teacher)
 
-  eval_sets = evaluators.build_eval_sets(config)
   embed_fn = evaluators.make_embed_fn(model, mesh, batch_sharding)
 
   # ---- Loop ----
@@ -405,6 +458,10 @@ def train_and_evaluate(config, workdir):
       summary = {f'train/{k}': float(np.mean([m[k] for m in history])) for k in history[0]}
       now = time.time()
       summary['train/images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log_time)
+      if summary['train/loss'] == 0 and summary['train/grad_norm'] == 0:
+        raise RunStopped(f'loss and gradient were exactly 0 for steps {last_log_step + 1}-{step}: '
+                         'nothing is being learnt (one class per batch, or a broken head); '
+                         f'stopping. Last checkpoint: step {manager.latest_step()} in {workdir}.')
       writer.write_scalars(step, summary)
       last_log_time, last_log_step, metrics_history = now, step, []
 
@@ -417,10 +474,11 @@ def train_and_evaluate(config, workdir):
 
     if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
       check_finite(step)
-      with report_progress.timed('checkpoint'):
+      with report_progress.timed('checkpoint'), stop_if_disk_full(manager, step):
         manager.save(step, args=ocp.args.StandardSave(state))
 
-  manager.wait_until_finished()
+  with stop_if_disk_full(manager, config.num_train_steps):
+    manager.wait_until_finished()
   manager.close()
   writer.flush()
   return state

@@ -37,6 +37,19 @@ def _atomic_save_png(img, path):
   os.replace(tmp, path)
 
 
+def unreadable_reason(path):
+  """Why PDFium refused `path`, read from the file itself: PDFium's own reason is a process-wide
+  last-error code that can be stale (another file's 'Incorrect password', or 'Success')."""
+  import mmap  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    if b'%PDF-' not in f.read(1024):
+      return 'not a PDF (no %PDF- header)'
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+      if data.find(b'/Encrypt') >= 0:
+        return 'encrypted PDF (needs a password)'
+  return 'damaged PDF (PDFium could not parse it; truncated?)'
+
+
 def render_pdf(path, out_dir, *, render_side, max_pages):
   """Renders the pages of one PDF into out_dir (skipping those already there); page PNG paths.
 
@@ -51,8 +64,8 @@ def render_pdf(path, out_dir, *, render_side, max_pages):
       return [os.path.join(out_dir, line.strip()) for line in f if line.strip()]
   try:
     doc = pdfium.PdfDocument(path)
-  except pdfium.PdfiumError as e:
-    raise ValueError(f'not a readable PDF ({e})') from None
+  except pdfium.PdfiumError:
+    raise ValueError(unreadable_reason(path)) from None
   try:
     n = len(doc)
     if n == 0:

@@ -49,3 +49,8 @@ def tiny_demo_config(**overrides):
 @pytest.fixture
 def tiny_config():
   return tiny_demo_config
+
+
+def pytest_configure(config):
+  # .ci/run runs these too; `-m "not slow"` leaves them out of a quick local run.
+  config.addinivalue_line('markers', 'slow: trains or compiles for over ~20 s on two cores')
