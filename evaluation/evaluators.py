@@ -1,14 +1,18 @@
 """Periodic evaluation during training: embed each eval set, report open-set figures.
 
-Eval sets come from config.eval_sets: 'synthetic_heldout' (templates never trained on) or
-'folder:<dir>' (a labels.csv folder such as ../shared/data/orl_faces).
+Eval sets come from config.eval_sets: 'synthetic_heldout' / 'paperwork_heldout' (templates never
+trained on) or 'folder:<dir>' (a labels.csv folder of real captures such as
+../shared/data/us_forms: TensorBoard then shows real-document figures beside the synthetic ones).
 """
+import os
+
 import jax
 import numpy as np
 from absl import logging
 
 from evaluation import labelled_folder
 from evaluation import verification
+from input_pipeline import rendered
 from input_pipeline import synthetic
 
 
@@ -20,13 +24,22 @@ def build_eval_sets(config):
       images, labels, is_register = synthetic.heldout_set(config.data.synthetic,
                                                           config.data.image_size)
       sets.append((name, images, labels, is_register))
+    elif name == 'paperwork_heldout':
+      images, labels, is_register = rendered.heldout_set(config.data.paperwork,
+                                                         config.data.image_size)
+      sets.append((name, images, labels, is_register))
     else:
       root = name.split(':', 1)[1]
+      if config.get('eval_missing_folders', 'error') == 'skip' and not os.path.isdir(root):
+        logging.warning('eval set %s: no such folder, left out (eval_missing_folders=skip)', root)
+        continue
       images, labels, is_register, skipped = labelled_folder.load_labelled_folder(
           root, config.data.image_size)
       for file, why in skipped:
         logging.warning('eval set %s: skipped %s (%s)', root, file, why)
-      sets.append((name.replace('/', '_').replace(':', '_'), images, labels, is_register))
+      # TensorBoard tag: the folder's name (eval/us_forms/tpr@fpr=1e-04), not its whole path.
+      tag = os.path.basename(os.path.normpath(root)) or name.replace('/', '_').replace(':', '_')
+      sets.append((tag, images, labels, is_register))
   return sets
 
 

@@ -12,29 +12,43 @@ from input_pipeline import folders
 from input_pipeline import imagenet
 from input_pipeline import mixing
 from input_pipeline import pdf
+from input_pipeline import rendered
 from input_pipeline import synthetic
 
-SOURCES = ('synthetic', 'imagenet_per_image', 'folder', 'pdf')
+SOURCES = ('synthetic', 'paperwork', 'imagenet_per_image', 'folder', 'pdf')
 # Sources of issue 4; each make_source(source_config, ...) returns (stream, num_classes).
 _FILE_SOURCES = {'imagenet_per_image': imagenet, 'folder': folders, 'pdf': pdf}
 
 
-def _synthetic_dataset(config, start_index, process_index, local_batch, global_batch):
-  """This process's stream of captures, from element start_index on.
+def _capture_indices(start_index, process_index, local_batch, global_batch):
+  """Element e of this process is capture (e // local) * global + process * local + e % local:
+  unique over processes, and with one generated source the processes' batches are exactly the
+  slices of the single-process global batch."""
+  return tf.data.Dataset.range(start_index, 2**62).map(
+      lambda e: e // local_batch * global_batch + process_index * local_batch + e % local_batch)
 
-  Element e is capture (e // local) * global + process * local + e % local: unique over
-  processes, and with synthetic as the only source the processes' batches are exactly the
-  slices of the single-process global batch.
-  """
+
+def _synthetic_dataset(config, start_index, process_index, local_batch, global_batch):
+  """This process's stream of synthetic captures, from element start_index on."""
   syn = config.data.synthetic
   docs = synthetic.SyntheticDocuments(synthetic.train_templates(syn), syn.seed,
                                       syn.template_size, config.data.image_size,
                                       syn.capture_strength)
-  ds = tf.data.Dataset.range(start_index, 2**62).map(
-      lambda e: e // local_batch * global_batch + process_index * local_batch + e % local_batch)
+  ds = _capture_indices(start_index, process_index, local_batch, global_batch)
   # Distillation (issue 5) adds 'teacher_image', the un-augmented view; see below.
   example = _synthetic_teacher_view(docs, config) if needs_teacher_view(config) else docs.example
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds, docs.num_classes
+
+
+def _paperwork_dataset(config, start_index, process_index, local_batch, global_batch):
+  """This process's stream of rendered-paperwork captures, from element start_index on."""
+  pw = config.data.paperwork
+  docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, config.data.image_size)
+  if docs.failures:
+    logging.warning('paperwork: %d templates skipped (could not be laid out)', len(docs.failures))
+  ds = _capture_indices(start_index, process_index, local_batch, global_batch)
+  ds = ds.map(docs.example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds, docs.num_classes
 
 
@@ -102,6 +116,8 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
   for name, start in zip(sources, starts):
     if name == 'synthetic':
       ds, n = _synthetic_dataset(config, start, process_index, local_batch, global_batch)
+    elif name == 'paperwork':
+      ds, n = _paperwork_dataset(config, start, process_index, local_batch, global_batch)
     else:
       ds, n = _FILE_SOURCES[name].make_source(
           config.data[name], image_size=config.data.image_size, seed=config.seed,

@@ -28,7 +28,8 @@ def create_backbone(model_config, dtype):
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
   # issue 5 (localized): backbones with published ImageNet weights (tools/convert_torch_weights.py)
   if name == 'mobilenet_v2':
-    return MobileNetV2(width=model_config.width, dtype=dtype, **impls)
+    return MobileNetV2(width=model_config.width, dtype=dtype,
+                       frozen_features=model_config.get('frozen_features', 0), **impls)
   if name == 'efficientnet_lite0':
     return EfficientNetLite0(dtype=dtype, **impls)
   raise ValueError(f'config.model.backbone: unknown backbone {name!r} ({" | ".join(BACKBONES)})')

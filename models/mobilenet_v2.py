@@ -6,6 +6,7 @@ Takes ImageNet-normalised NHWC input (models/embedder.py normalises) and returns
 map [B, H/32, W/32, 1280 * width]; mean-pooling it gives torchvision's pooled features.
 """
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from models.layers import Conv, DepthwiseConv
@@ -58,26 +59,36 @@ class MobileNetV2(nn.Module):
   dtype: jnp.dtype = jnp.float32
   depthwise_impl: str = 'auto'
   conv_impl: str = 'auto'
+  # features_0 .. features_{frozen_features - 1} stay as loaded: batch norm in inference mode and
+  # no gradient into them (fine-tuning keeps the ImageNet low-level features, and the backward
+  # pass skips the high-resolution layers, which cost most on a CPU).
+  frozen_features: int = 0
 
   @nn.compact
   def __call__(self, x, train=False):
     kw = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl, conv_impl=self.conv_impl)
-    x = conv_bn_relu6(x, train, 'features_0_0', 'features_0_1', make_divisible(32 * self.width),
-                      3, 2, **kw)
+    frozen = self.frozen_features
+    x = conv_bn_relu6(x, train and frozen <= 0, 'features_0_0', 'features_0_1',
+                      make_divisible(32 * self.width), 3, 2, **kw)
     i = 1
     for t, c, n, s in MOBILENET_V2_BLOCKS:
       c_out = make_divisible(c * self.width)
       for r in range(n):
+        if i == frozen:
+          x = jax.lax.stop_gradient(x)
+        train_block = train and i >= frozen
         p, c_in = f'features_{i}_conv_', x.shape[-1]
         y, j = x, 0
         if t != 1:  # 1x1 expansion
-          y = conv_bn_relu6(y, train, p + '0_0', p + '0_1', c_in * t, **kw)
+          y = conv_bn_relu6(y, train_block, p + '0_0', p + '0_1', c_in * t, **kw)
           j = 1
         stride = s if r == 0 else 1
-        y = conv_bn_relu6(y, train, f'{p}{j}_0', f'{p}{j}_1', y.shape[-1], 3, stride,
+        y = conv_bn_relu6(y, train_block, f'{p}{j}_0', f'{p}{j}_1', y.shape[-1], 3, stride,
                           depthwise=True, **kw)
-        y = conv_bn_relu6(y, train, f'{p}{j + 1}', f'{p}{j + 2}', c_out, relu=False, **kw)
+        y = conv_bn_relu6(y, train_block, f'{p}{j + 1}', f'{p}{j + 2}', c_out, relu=False, **kw)
         x = x + y if stride == 1 and c_in == c_out else y
         i += 1
     last = make_divisible(1280 * max(1.0, self.width))
-    return conv_bn_relu6(x, train, f'features_{i}_0', f'features_{i}_1', last, **kw)
+    if i <= frozen:
+      x = jax.lax.stop_gradient(x)
+    return conv_bn_relu6(x, train and i >= frozen, f'features_{i}_0', f'features_{i}_1', last, **kw)

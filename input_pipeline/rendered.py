@@ -1,0 +1,194 @@
+"""The 'paperwork' source: a bank of rendered pages (input_pipeline/paperwork.py) made once into a
+cache, and the deterministic stream of their captures (input_pipeline/captures.py) made in-graph.
+
+Rendering a page takes tens of milliseconds of PIL; a capture of a banked page takes well under
+one in TF. So the bank (templates x copies, uint8 at `template_size`) is rendered once, in
+parallel, into `cache_dir/paperwork-<key>.npz`, keyed by the generator's version, the seed, the
+template ids, the copies, the size and the installed font files, written atomically and checked
+by a stored sha256 on load: a corrupt or foreign cache is rebuilt, never reused. A template
+that fails to render is skipped and counted; the classes are the templates that rendered.
+
+Capture `index` is a pure function of (seed, index), as in input_pipeline/synthetic.py: a resumed
+run continues exactly, and every host makes its own share.
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import captures
+from input_pipeline import fonts
+from input_pipeline import image_io
+from input_pipeline import paperwork
+
+# Bump whenever paperwork.py, fonts.py or their packages change what a page looks like.
+GENERATOR_VERSION = 1
+HELDOUT_START = 10_000_000  # held-out template ids (and so their issuers) never meet training ids
+
+
+def bank_key(template_ids, copies, seed, size):
+  font_sig = [(os.path.basename(f), os.path.getsize(f))
+              for files in fonts.font_files().values() for _, f in files]
+  ids = np.asarray(template_ids, np.int64)
+  h = hashlib.sha256(json.dumps([GENERATOR_VERSION, int(seed), int(copies), int(size), font_sig,
+                                 paperwork.RENDER_SCALE]).encode())
+  h.update(ids.tobytes())
+  return h.hexdigest()[:20]
+
+
+def _render_one(args):
+  template_id, copies, seed, size = args
+  try:
+    pages = [paperwork.render(template_id, c, seed, size) for c in range(copies)]
+  except Exception as e:  # pylint: disable=broad-except
+    return template_id, None, f'{type(e).__name__}: {e}'
+  return template_id, pages, None
+
+
+def render_bank(template_ids, copies, seed, size, workers=0):
+  """(images uint8 [T, C, S, S, 3], boxes float32 [T, C, 4], kept template ids, failures)."""
+  jobs = [(int(t), int(copies), int(seed), int(size)) for t in template_ids]
+  workers = workers or min(len(jobs), os.cpu_count() or 1)
+  fonts.font_files()  # fail fast, once, with the line naming what to install
+  if workers > 1:
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+      results = list(pool.map(_render_one, jobs, chunksize=8))
+  else:
+    results = [_render_one(j) for j in jobs]
+  kept = [(t, pages) for t, pages, err in results if pages is not None]
+  failures = [(t, err) for t, pages, err in results if pages is None]
+  images = np.zeros((len(kept), copies, size, size, 3), np.uint8)
+  boxes = np.zeros((len(kept), copies, 4), np.float32)
+  for i, (_, pages) in enumerate(kept):
+    for c, (img, box) in enumerate(pages):
+      images[i, c], boxes[i, c] = img, box
+  return images, boxes, np.array([t for t, _ in kept], np.int64), failures
+
+
+def _digest(images, boxes, ids):
+  h = hashlib.sha256()
+  for a in (images, boxes, ids):
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def load_bank(path, key):
+  """The cached bank at path if it is whole and made for `key`, else None (with a reason logged)."""
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      meta = json.loads(str(z['meta']))
+      images, boxes, ids = z['images'], z['boxes'], z['template_ids']
+    if meta.get('key') != key or meta.get('sha256') != _digest(images, boxes, ids):
+      logging.warning('render cache %s: made for another generator or damaged; rendering again', path)
+      return None
+    return images, boxes, ids, meta.get('failures', [])
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+    logging.warning('render cache %s: unreadable (%s); rendering again', path, type(e).__name__)
+    return None
+
+
+def bank(template_ids, copies, seed, size, cache_dir='', workers=0):
+  """The rendered bank, from the cache when it is valid; rendered and cached atomically if not."""
+  key = bank_key(template_ids, copies, seed, size)
+  cache_dir = os.path.expanduser(cache_dir or os.path.join('~', '.cache', 'docembed', 'paperwork'))
+  path = os.path.join(cache_dir, f'paperwork-{key}.npz')
+  cached = load_bank(path, key)
+  if cached is not None:
+    return cached
+  images, boxes, ids, failures = render_bank(template_ids, copies, seed, size, workers)
+  if failures:
+    logging.warning('rendered documents: %d of %d templates could not be laid out and are '
+                    'skipped (first: template %d, %s)', len(failures), len(template_ids),
+                    failures[0][0], failures[0][1])
+  if len(ids) < 2:
+    raise image_io.DataError(f'rendered documents: only {len(ids)} of {len(template_ids)} '
+                             'templates rendered; need at least 2 classes')
+  meta = dict(key=key, sha256=_digest(images, boxes, ids), version=GENERATOR_VERSION,
+              failures=[[int(t), e] for t, e in failures])
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix='.paperwork-', suffix='.tmp')
+    try:
+      with os.fdopen(fd, 'wb') as f:
+        np.savez(f, images=images, boxes=boxes, template_ids=ids, meta=np.array(json.dumps(meta)))
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  except OSError as e:  # a read-only or full disk costs a re-render next time, not the run
+    logging.warning('render cache %s not written (%s)', path, e)
+  return images, boxes, ids, meta['failures']
+
+
+class RenderedDocuments:
+  """Templates (classes) x copies, and the deterministic stream of their captures."""
+
+  def __init__(self, template_ids, cfg, image_size):
+    self.seed = int(cfg.seed)
+    self.image_size = int(image_size)
+    self.strength = float(cfg.capture_strength)
+    images, boxes, self.template_ids, self.failures = bank(
+        template_ids, cfg.copies, cfg.seed, cfg.template_size, cfg.get('cache_dir', ''),
+        cfg.get('render_workers', 0))
+    self.copies = images.shape[1]
+    self._images = tf.constant(images)
+    self._boxes = tf.constant(boxes)
+
+  @property
+  def num_classes(self):
+    return len(self.template_ids)
+
+  def _capture(self, label, seed):
+    s = tf.random.experimental.stateless_split(seed, 4)
+    copy = tf.random.stateless_uniform((), s[0], 0, self.copies, dtype=tf.int32)
+    other = tf.random.stateless_uniform((), s[1], 0, self.num_classes, dtype=tf.int32)
+    return captures.capture(self._images[label, copy], self._boxes[label, copy], s[2],
+                            self.image_size, self.strength, self._images[other, 0],
+                            self._boxes[other, 0])
+
+  def labelled_capture(self, index):
+    """Capture number `index`: (image, label, corners)."""
+    seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(index, tf.int64)])
+    s = tf.random.experimental.stateless_split(seed, 2)
+    label = tf.random.stateless_uniform((), s[0], 0, self.num_classes, dtype=tf.int32)
+    image, corners = self._capture(label, s[1])
+    return image, label, corners
+
+  def example(self, index):
+    image, label, _ = self.labelled_capture(index)
+    return {'image': image, 'label': label}
+
+  def example_of(self, label, index):
+    """Capture `index` of class `label`, its own seed per (class, index), for fixed eval sets."""
+    seed = tf.stack([tf.constant(self.seed, tf.int64) + 7919, tf.cast(index, tf.int64)])
+    seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(label, tf.int64))
+    return self._capture(label, seed)[0]
+
+
+def train_templates(cfg):
+  return np.arange(cfg.num_templates)
+
+
+def heldout_templates(cfg):
+  return np.arange(HELDOUT_START, HELDOUT_START + cfg.heldout_templates)
+
+
+def heldout_set(cfg, image_size):
+  """Fixed eval set of held-out templates: images [N, H, W, 3], labels [N], is_register [N].
+
+  Capture 0 of each template is its registered image; the rest are queries."""
+  docs = RenderedDocuments(heldout_templates(cfg), cfg, image_size)
+  n = cfg.heldout_captures
+  labels = np.repeat(np.arange(docs.num_classes), n).astype(np.int32)
+  indices = np.tile(np.arange(n), docs.num_classes)
+  ds = tf.data.Dataset.from_tensor_slices((labels, indices)).map(
+      docs.example_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return np.stack(list(ds.as_numpy_iterator())), labels, indices == 0
