@@ -162,7 +162,7 @@ def _check_step(step_dir, abstract):
 
 
 @contextlib.contextmanager
-def _quiet_asyncio():
+def quiet_asyncio():
   # A failed tensorstore read logs every pending task's full spec at ERROR (thousands of lines).
   logger = py_logging.getLogger('asyncio')
   level = logger.level
@@ -193,7 +193,7 @@ def restore_newest_intact(manager, abstract):
                        'or the config this workdir was trained with (its config.json).')
     if not problem:
       try:
-        with _quiet_asyncio():
+        with quiet_asyncio():
           return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except  (tensorstore raises bare Exception)
         problem = f'corrupt: {type(e).__name__}: {str(e).splitlines()[0][:160]}'

@@ -9,6 +9,7 @@ Three sources, one result (inference.embedding.EmbeddingModel):
 import hashlib
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -80,15 +81,17 @@ def read_workdir_config(workdir):
 
 
 def load_checkpoint(workdir, step=None):
-  """Latest (or given) checkpoint of a training workdir -> EmbeddingModel."""
+  """Latest (or given) checkpoint of a training workdir -> EmbeddingModel. A latest step that
+  does not read back (corrupt) is reported on stderr and the next older one used."""
   import orbax.checkpoint as ocp  # imported here: the export/ONNX paths do not need it
+  from workdir import quiet_asyncio
   config = read_workdir_config(workdir)
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(ckpt_dir):
     raise InputError(f'{workdir}: no checkpoints/ folder (training has not saved yet?)')
   manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
+  steps = sorted(manager.all_steps(), reverse=True) if step is None else [step]
+  if not steps or steps[0] not in manager.all_steps():
     raise InputError(f'{ckpt_dir}: no finished checkpoint'
                      + (f' at step {step}' if step is not None else ''))
   image_size = int(config.data.image_size)
@@ -99,12 +102,21 @@ def load_checkpoint(workdir, step=None):
   if 'batch_stats' in abstract:
     target['batch_stats'] = abstract['batch_stats']
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
-  try:
-    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=restore_args, partial_restore=True))
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise InputError(f'{ckpt_dir}: step {step} does not match config.json\'s model '
-                     f'({type(e).__name__}: {str(e).splitlines()[0][:200]})') from None
+  failed = []
+  for step in steps:
+    try:
+      with quiet_asyncio():
+        restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+      break
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore raises bare Exception)
+      failed.append(f'step {step}: {type(e).__name__}: {str(e).splitlines()[0][:160]}')
+  else:
+    raise CorruptFileError(f'{ckpt_dir}: no checkpoint reads back with config.json\'s model '
+                           f'(corrupt, or the model changed): {failed[0]}')
+  if failed:
+    print(f'warning: {ckpt_dir}: skipped unreadable {"; ".join(failed)}; using step {step}',
+          file=sys.stderr)
   variables = {'params': restored['params']['model']}
   if 'batch_stats' in restored:
     variables['batch_stats'] = restored['batch_stats']

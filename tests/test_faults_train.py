@@ -86,6 +86,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_intact_one(copy_of, 
   assert os.listdir(os.path.join(copy_of, 'checkpoints')) == ['3']
 
 
+def test_inference_skips_a_corrupt_latest_checkpoint_and_says_so(copy_of, capsys):
+  from inference.model import load_checkpoint
+  for d, _, fs in os.walk(os.path.join(copy_of, 'checkpoints', '6')):
+    for f in fs:
+      if os.path.basename(d) == 'd':
+        open(os.path.join(d, f), 'wb').write(b'')
+  model = load_checkpoint(copy_of)
+  assert model.source.endswith('(step 3)')
+  err = capsys.readouterr().err
+  assert 'skipped unreadable step 6' in err and 'using step 3' in err
+
+
 # ---- 9. two trainers ----
 def test_second_trainer_is_refused_with_the_holder_named(copy_of):
   before = listing(copy_of)
@@ -127,7 +139,8 @@ def tmpfs(path, size):
   try:
     yield path
   finally:
-    subprocess.run(['umount', path], check=True)
+    if subprocess.run(['umount', path]).returncode:  # a file still open: detach it anyway
+      subprocess.run(['umount', '-l', path], check=True)
 
 
 def test_too_little_space_at_start_writes_nothing(tmp_path):
