@@ -314,6 +314,18 @@ def test_truncated_jaxexport_and_garbled_metadata_are_one_line(tmp_path):
     load_model(path)
 
 
+@pytest.mark.parametrize('content, message', [
+    (b'', 'is empty'), (b'{"model": {', 'is not valid JSON'), (b'[1, 2]', 'not a JSON object'),
+    (b'{"model": {}}', 'lacks data'), (b'\xff\xfe', 'not UTF-8')])
+def test_garbled_workdir_config_json_is_one_line(tmp_path, capsys, content, message):
+  wd = tmp_path / 'wd'
+  (wd / 'checkpoints').mkdir(parents=True)
+  (wd / 'config.json').write_bytes(content)
+  line = one_error_line(capsys, 'embed', '--checkpoint', str(wd), '--data', str(tmp_path),
+                        '--out', str(tmp_path / 'e.npy'))
+  assert str(wd / 'config.json') in line and message in line, line
+
+
 def test_unreadable_image_reason_is_said_once(tmp_path):
   from inference.images import load_image, default_preprocessing
   bad = tmp_path / 'x.png'
