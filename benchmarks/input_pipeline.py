@@ -2,11 +2,13 @@
 
   python benchmarks/input_pipeline.py                        # demo config, 128 px, full aug
   python benchmarks/input_pipeline.py --root=/data/docs      # your own folder instead
+  python benchmarks/input_pipeline.py --sources=paperwork    # rendered paperwork (the demo's data)
+  python benchmarks/input_pipeline.py --sources=paperwork --config=configs/release.py
 
 The pipeline is the trainer's own entry point (input_pipeline.train_data.create_train_iterator)
 on a folder of generated document photos (JPEG, ~500-900 px, like phone captures; nothing from
 ../shared/data is read) with every augmentation op of c.data.augment at its default probability.
-The trainer is the demo config's jitted train step (configs/arcface_clip.py:demo) on one
+The trainer is the jitted train step of --config (default configs/arcface_clip.py:demo) on one
 prepared batch. Both are timed round-robin (pipeline, trainer, pipeline, ...) so load from other
 processes hits both alike; each prints one JSON line with the median images/s, then a summary
 line with the ratio pipeline / trainer (target >= 2).
@@ -25,7 +27,9 @@ from benchmarks import timing  # pylint: disable=g-import-not-at-top
 def parse_args():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--root', default='', help='folder root/<type>/<image>; default: generated')
-  p.add_argument('--sources', default='folder', help="comma list, e.g. 'folder,synthetic'")
+  p.add_argument('--sources', default='folder', help="comma list, e.g. 'folder,paperwork'")
+  p.add_argument('--config', default='configs/arcface_clip.py:demo',
+                 help='configs/<name>.py[:variant] whose model and data blocks are used')
   p.add_argument('--weights', default='', help='comma list; default: equal')
   p.add_argument('--image_size', type=int, default=128)
   p.add_argument('--batches', type=int, default=8, help='batches per timed round')
@@ -54,8 +58,10 @@ def make_document_folder(root, types, seed=0):
 
 
 def make_config(args, root):
-  from configs import arcface_clip  # pylint: disable=g-import-not-at-top
-  c = arcface_clip.get_config('demo')
+  import importlib  # pylint: disable=g-import-not-at-top
+  path, _, variant = args.config.partition(':')
+  module = importlib.import_module(os.path.splitext(path)[0].replace('/', '.'))
+  c = module.get_config(variant or None)
   c.data.image_size = args.image_size
   sources = tuple(args.sources.split(','))
   c.data.sources = sources

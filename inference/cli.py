@@ -8,7 +8,8 @@
   evaluate   --checkpoint W --data DIR [--out metrics.json] [--roc roc.png]
   export     --checkpoint W --out DIR [--formats jax,onnx]
 
---checkpoint takes a training workdir, an export folder, or a .jaxexport / .onnx file.
+--checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
+model folder; without it the released model (released/docembed-v1, README) is used.
 Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
 a registry file is only ever replaced whole, after the command succeeded.
 """
@@ -23,6 +24,7 @@ import numpy as np
 from errors import InputError
 from file_io import clean_stale_temps, locked, write_json_atomic, write_with_atomic
 from inference import images as images_lib
+from inference import released
 
 PROGRESS_MIN_ITEMS = 32  # a progress bar only where a person would wait
 
@@ -43,6 +45,8 @@ def emit(args, obj, text):
 
 
 def load_model(args):
+  if released.is_release(args.checkpoint):
+    return released.load_release(args.checkpoint)
   from inference.model import load_model as load  # JAX only imported by commands that need it
   return load(args.checkpoint)
 
@@ -260,8 +264,10 @@ def build_parser():
     s.add_argument('--json', action='store_true', help='JSON output')
     s.add_argument('--no-progress', action='store_true', help='no progress bar')
     if model:
-      s.add_argument('--checkpoint', required=True,
-                     help='training workdir, export folder, or .jaxexport / .onnx file')
+      s.add_argument('--checkpoint', default=released.DEFAULT_DIR,
+                     help='training workdir, export folder, .jaxexport / .onnx file, or a '
+                          'released model folder (default: the released model, '
+                          'released/docembed-v1)')
     if registry:
       s.add_argument('--registry', required=True, help='registry file (.npz)')
     return s

@@ -14,6 +14,7 @@ run continues exactly, and every host makes its own share.
 import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
 import zipfile
@@ -57,7 +58,10 @@ def render_bank(template_ids, copies, seed, size, workers=0):
   workers = workers or min(len(jobs), os.cpu_count() or 1)
   fonts.font_files()  # fail fast, once, with the line naming what to install
   if workers > 1:
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # spawn, not fork: the trainer has JAX's and TF's threads running, and a forked child can
+    # inherit a lock one of them held.
+    ctx = multiprocessing.get_context('spawn')
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
       results = list(pool.map(_render_one, jobs, chunksize=8))
   else:
     results = [_render_one(j) for j in jobs]

@@ -22,6 +22,15 @@ def tiny_demo_config(**overrides):
   from configs import arcface_clip
   c = arcface_clip.get_config('demo')
   c.data.image_size = 32
+  # The demo trains on rendered paperwork; most tests keep the (faster) synthetic cards, and
+  # tests/test_paperwork.py covers the paperwork source at tiny size.
+  c.data.sources = ('synthetic',)
+  c.eval_sets = ('synthetic_heldout',)
+  c.data.paperwork.num_templates = 6
+  c.data.paperwork.copies = 2
+  c.data.paperwork.template_size = 48
+  c.data.paperwork.heldout_templates = 3
+  c.data.paperwork.heldout_captures = 2
   c.data.synthetic.num_templates = 16
   c.data.synthetic.template_size = 48
   c.data.synthetic.heldout_templates = 6

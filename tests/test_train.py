@@ -91,7 +91,8 @@ def test_cli_rejects_bad_overrides_before_compiling(tmp_path, flag, message):
   assert not (tmp_path / 'checkpoints').exists()
 
 
-TINY_FLAGS = ['--config.data.image_size=32', '--config.data.synthetic.num_templates=16',
+TINY_FLAGS = ['--config.data.image_size=32', "--config.data.sources=('synthetic',)",
+              "--config.eval_sets=('synthetic_heldout',)", '--config.data.synthetic.num_templates=16',
               '--config.data.synthetic.template_size=48', '--config.data.synthetic.heldout_templates=6',
               '--config.model.width=0.25', '--config.model.embed_dim=32',
               '--config.model.squeeze_channels=8', '--config.batch_size=16',

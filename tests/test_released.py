@@ -1,0 +1,68 @@
+"""The released-model folder: round trip, damaged files, the CLI default, and its real-set bar."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import REPO
+from errors import CorruptFileError
+from inference import model as model_lib
+from inference import released
+
+SHARED = os.path.join(REPO, '..', 'shared', 'data')
+
+
+def _tiny_model_config():
+  from configs import default  # pylint: disable=import-outside-toplevel
+  m = default.get_config().model
+  m.width, m.squeeze_channels, m.embed_dim = 0.25, 8, 16
+  return m
+
+
+def test_release_round_trip_and_damage(tmp_path):
+  cfg = _tiny_model_config()
+  abstract = model_lib.abstract_variables(cfg, 32)
+  model = model_lib.build_model(cfg)
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8), train=False)
+  out = str(tmp_path / 'rel')
+  stored = released.save_release(out, cfg.to_dict(), variables, 32, {'command': 'test'})
+  assert released.is_release(out)
+  loaded = released.load_release(out)
+  direct = model_lib.from_variables(cfg, stored, 32)
+  images = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3), dtype=np.uint8)
+  np.testing.assert_allclose(loaded.embed(images), direct.embed(images), atol=1e-6)
+  assert jax.tree.structure(abstract) == jax.tree.structure(
+      {k: loaded.variables[k] for k in abstract})
+  # Truncated variables: one line naming the file.
+  path = os.path.join(out, released.VARIABLES_FILE)
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 3)
+  with pytest.raises(CorruptFileError, match=released.VARIABLES_FILE):
+    released.load_release(out)
+  with open(os.path.join(out, released.CONFIG_FILE), 'w') as f:
+    f.write('{"model": 3')
+  with pytest.raises(CorruptFileError, match=released.CONFIG_FILE):
+    released.load_release(out)
+
+
+@pytest.mark.skipif(not released.is_release(released.DEFAULT_DIR), reason='no released model')
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'us_forms')), reason='no shared data')
+def test_released_model_is_the_cli_default_and_clears_the_us_forms_bar(tmp_path):
+  """`inference.cli evaluate` without --checkpoint scores the released model (issue 12's bar)."""
+  out = tmp_path / 'us_forms.json'
+  r = subprocess.run([sys.executable, '-m', 'inference.cli', 'evaluate', '--data',
+                      os.path.join(SHARED, 'us_forms'), '--out', str(out), '--no-progress'],
+                     cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  figures = json.loads(out.read_text())
+  flat = json.dumps(figures)
+  assert 'docembed-v1' in flat  # the default model was the released one
+  top1 = figures.get('top1', figures.get('top1_identification'))
+  assert top1 >= 0.99, figures
+  tpr = figures.get('tpr@fpr=1e-04', figures.get('pairs', {}).get('tpr@fpr=1e-04'))
+  assert tpr >= 0.5, figures
