@@ -37,6 +37,10 @@ REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest
 
 
 # ---- one trainer per workdir ----
+def is_remote(path):
+  return '://' in str(path)
+
+
 def _pid_alive(pid):
   try:
     os.kill(pid, 0)
@@ -93,6 +97,11 @@ def _busy_message(path, holder):
 @contextlib.contextmanager
 def lock(workdir):
   """Held for the whole run; see the module docstring."""
+  if is_remote(workdir):  # gs://...: no fcntl there; the pod's process 0 is the only writer
+    logging.warning('%s is not a local path: no trainer lock (one trainer per workdir is up '
+                    'to you)', workdir)
+    yield
+    return
   created = not os.path.isdir(workdir)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_NAME)
@@ -210,6 +219,8 @@ def state_bytes(state):
 
 
 def check_free_space(folder, need_bytes):
+  if is_remote(folder):  # object stores do not fill up
+    return
   free = shutil.disk_usage(folder).free
   if free < need_bytes:
     raise RunStopped(f'{folder}: {free / 2**20:.1f} MiB free, but a checkpoint of this model '
