@@ -2,8 +2,8 @@
 corrupt newest checkpoint, two trainers, a full disk (a real tmpfs), bad --config, one class,
 a data check that fails on a new workdir. Each checks the one line said and what is on disk.
 
-One tiny run (16 px... 32 px LCNet, 6 steps, checkpoints at 3 and 6) is trained once and copied
-for each test; the compilation cache makes the resumed runs cheap.
+One tiny run (32 px LCNet, 6 steps, checkpoints at 3 and 6) is trained once and copied for each
+test. Only that run and the disk-full test train steps; the others stop before the first step.
 """
 import contextlib
 import json
