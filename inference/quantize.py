@@ -23,6 +23,10 @@ import numpy as np
 # Templates from this id on are rendered for calibration only (training uses 0..num_templates,
 # held-out evaluation 10_000_000..; input_pipeline/synthetic.py).
 CALIBRATION_TEMPLATE_START = 20_000_000
+# Quantised ops. Clip (ReLU6) and Add (residuals) with the convs, so that consecutive convs pass
+# uint8 from one to the next; leaving them float put a DequantizeLinear/QuantizeLinear pair
+# around each (MobileNetV2 160 px, batch 16: 131 ms of Q/DQ beside 88 ms of QLinearConv).
+OP_TYPES = ['Conv', 'Clip', 'Relu', 'Add']
 
 
 def calibration_images(image_size, count=128, seed=17, templates=32, capture_strength=1.0):
@@ -65,7 +69,7 @@ def quantize_int8(fp32_path, out_path, images):
     quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
     quantized = os.path.join(tmp, 'int8.onnx')
     q.quantize_static(prepared, quantized, _Reader(input_name, images),
-                      quant_format=q.QuantFormat.QDQ, op_types_to_quantize=['Conv'],
+                      quant_format=q.QuantFormat.QDQ, op_types_to_quantize=OP_TYPES,
                       per_channel=True, activation_type=q.QuantType.QUInt8,
                       weight_type=q.QuantType.QInt8, calibrate_method=q.CalibrationMethod.MinMax)
     data = open(quantized, 'rb').read()
