@@ -56,8 +56,8 @@ def demo_model(config_arg, backbone=None, width=None, image_size=None):
   size = image_size or config.data.image_size
   variables = build_model(config.model).init(
       jax.random.PRNGKey(0), np.zeros((1, size, size, 3), np.uint8), train=False)
-  return from_variables(config.model, variables, size,
-                        source=f'{config_arg} random init: {config.model.backbone}-{config.model.width} {size} px')
+  name = f'{config_arg} random init: {config.model.backbone}-{config.model.width} {size} px'
+  return from_variables(config.model, variables, size, source=name)
 
 
 def main():
@@ -75,7 +75,7 @@ def main():
   from inference.images import load_image  # pylint: disable=g-import-not-at-top
   from inference.model import load_checkpoint  # pylint: disable=g-import-not-at-top
   from inference.onnx_model import load_onnx  # pylint: disable=g-import-not-at-top
-  from inference.quantize import calibration_images, quantize_int8  # pylint: disable=g-import-not-at-top
+  from inference import quantize  # pylint: disable=g-import-not-at-top
   from inference.registry import Registry  # pylint: disable=g-import-not-at-top
   from inference.search import l2_normalize  # pylint: disable=g-import-not-at-top
 
@@ -90,8 +90,8 @@ def main():
             'onnx_fp32': load_onnx(export['onnx']['path'], num_threads=args.threads)}
   if not args.no_int8:
     int8_path = os.path.join(tmp, 'embedder.int8.onnx')
-    quantize_int8(export['onnx']['path'], int8_path,
-                  calibration_images(size, args.calibration_images))
+    quantize.quantize_int8(export['onnx']['path'], int8_path,
+                           quantize.calibration_images(size, args.calibration_images))
     models['onnx_int8'] = load_onnx(int8_path, num_threads=args.threads)
   rng = np.random.default_rng(0)
   registry = Registry.for_model(jax_model)

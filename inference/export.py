@@ -7,7 +7,8 @@ width, preprocessing, model config), so a registry built with the checkpoint acc
   batch dimension symbolic; runs with onnxruntime alone (inference/onnx_model.py). Traced with
   lax convolutions (onnx_model_config), so every conv is one ONNX Conv that onnxruntime fuses
   with its batch norm and activation, then rewritten where onnxruntime would not fuse
-  (inference/onnx_graph.py: input normalisation behind the layout transpose, ReLU6 as Clip). Issue 17 has the measurements.
+  (inference/onnx_graph.py: input normalisation behind the layout transpose, ReLU6 as Clip).
+  Issue 17 and the README ("Serving speed") have the measurements.
 Each artefact is checked against the JAX model on the same images; the max abs difference is
 returned and printed by the CLI.
 """
