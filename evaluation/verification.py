@@ -3,6 +3,8 @@
 Pairs: every unordered pair of distinct images, scored by cosine. For a target FPR f the
 threshold is the lowest score that lets at most floor(f * n_negative_pairs) different-label pairs
 through (strictly above it); TPR is the share of same-label pairs strictly above it.
+The `*_from_scores` forms take any pair score matrix (higher = more alike), so a matcher that is
+not an embedding (benchmarks/real_baselines.py: ORB inlier counts) is scored by the same protocol.
 """
 import numpy as np
 
@@ -17,11 +19,15 @@ def normalize(x):
 def pair_scores(embeddings, labels):
   """(scores, same) over all i < j pairs."""
   e = normalize(embeddings)
+  return pair_scores_from_matrix(e @ e.T, labels)
+
+
+def pair_scores_from_matrix(score_matrix, labels):
+  """(scores, same) over all i < j pairs of a symmetric [N, N] score matrix."""
   labels = np.asarray(labels)
-  iu = np.triu_indices(len(e), k=1)
-  scores = (e @ e.T)[iu]
+  iu = np.triu_indices(len(labels), k=1)
   same = (labels[:, None] == labels[None, :])[iu]
-  return scores, same
+  return np.asarray(score_matrix)[iu], same
 
 
 def threshold_at_fpr(negative_scores, fpr):
@@ -47,7 +53,12 @@ def pair_metrics(embeddings, labels, fprs=DEFAULT_FPRS):
   Where fpr * n_negative < 1 the threshold is the highest negative score (FPR 0): the set is too
   small to resolve that FPR, and 'resolvable@fpr=...' says so.
   """
-  scores, same = pair_scores(embeddings, labels)
+  return pair_metrics_from_scores(*pair_scores(embeddings, labels), fprs=fprs)
+
+
+def pair_metrics_from_scores(scores, same, fprs=DEFAULT_FPRS):
+  """pair_metrics for given pair scores and same-label flags (e.g. pair_scores_from_matrix's)."""
+  scores, same = np.asarray(scores), np.asarray(same, bool)
   pos, neg = scores[same], scores[~same]
   if len(pos) == 0 or len(neg) == 0:
     raise ValueError('pair metrics need at least two labels and one label with two images')
@@ -63,10 +74,20 @@ def pair_metrics(embeddings, labels, fprs=DEFAULT_FPRS):
 def top1_identification(embeddings, labels, is_register):
   """Share of queries whose nearest registered image (cosine) has their label."""
   e = normalize(embeddings)
+  is_register = np.asarray(is_register, bool)
+  return top1_from_scores(e[~is_register] @ e[is_register].T, labels, is_register)
+
+
+def top1_from_scores(query_gallery_scores, labels, is_register):
+  """top1_identification for a [queries, registered] score matrix, rows and columns in the
+  order of the queries and registered images among `labels`."""
   labels = np.asarray(labels)
   is_register = np.asarray(is_register, bool)
-  gallery, queries = e[is_register], e[~is_register]
-  if len(gallery) == 0 or len(queries) == 0:
+  scores = np.asarray(query_gallery_scores)
+  if scores.shape != (int(np.sum(~is_register)), int(np.sum(is_register))):
+    raise ValueError(f'top-1 scores of shape {scores.shape} for {np.sum(~is_register)} queries '
+                     f'and {np.sum(is_register)} registered images')
+  if scores.size == 0:
     raise ValueError('top-1 needs registered images and queries')
-  nearest = np.argmax(queries @ gallery.T, axis=1)
+  nearest = np.argmax(scores, axis=1)
   return float(np.mean(labels[is_register][nearest] == labels[~is_register]))
