@@ -6,8 +6,10 @@ Weights int8 per output channel, activations uint8 with ranges calibrated on cap
 documents (input_pipeline/synthetic.py, templates outside the training and held-out id ranges:
 this never reads the shared evaluation data). QDQ format: onnxruntime fuses each
 DequantizeLinear -> Conv -> QuantizeLinear into an integer conv (VNNI where the CPU has it).
-The input normalisation and the head (LayerNorm, the two Gemms, L2 normalisation) stay float32:
-only Conv is quantised, so the embedding's last steps keep full precision.
+Quantised: the convs, ReLU6 / ReLU and the residual adds (OP_TYPES); the head (LayerNorm, the two
+Gemms, L2 normalisation) stays float32, so the embedding's last steps keep full precision.
+Not written by `export`: the README ("Serving speed") has its speed and accuracy cost, which
+differ by backbone (hard-swish has no integer kernel).
 The metadata JSON is copied beside the result, so registries of the float32 model accept it
 (same fingerprint: the int8 model is an approximation of that model, its accuracy cost is
 measured in the README, not hidden by a new identity).
