@@ -93,6 +93,11 @@ def main(argv=None):
     if not os.path.isfile(args.onnx):
       raise InputError(f'{args.onnx}: no such file')
     size = read_export_metadata(args.onnx)['preprocessing']['image_size']
+    import onnx  # pylint: disable=g-import-not-at-top
+    try:
+      onnx.checker.check_model(args.onnx)
+    except Exception as e:  # pylint: disable=broad-except  (onnx raises several kinds)
+      raise InputError(f'{args.onnx}: not a valid ONNX model ({str(e).splitlines()[0][:200]})')
   except InputError as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

@@ -117,6 +117,13 @@ def test_int8_variant_loads_and_approximates(exported, tmp_path):
 
 
 def test_quantize_cli_bad_input_is_one_line(tmp_path, capsys):
-  code = quantize.main(['--onnx', str(tmp_path / 'missing.onnx')])
-  err = capsys.readouterr().err
-  assert code == 1 and err.startswith('error: ') and err.count('\n') == 1
+  (tmp_path / 'junk.onnx').write_bytes(b'not a model')
+  (tmp_path / 'junk.json').write_text(
+      '{"fingerprint": "x", "embed_dim": 8, "preprocessing": {"image_size": 32}}')
+  (tmp_path / 'bare.onnx').write_bytes(b'')
+  for name, why in (('missing.onnx', 'no such file'), ('junk.onnx', 'not a valid ONNX model'),
+                    ('bare.onnx', 'missing metadata')):
+    code = quantize.main(['--onnx', str(tmp_path / name)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith('error: ') and err.count('\n') == 1, err
+    assert why in err, err
