@@ -123,9 +123,9 @@ def main(argv=None):
   p.add_argument('--orb_side', type=int, default=1024, help='longest side for ORB, pixels')
   p.add_argument('--orb_features', type=int, default=2000)
   p.add_argument('--orb_sets', default='us_forms,midv_photos',
-                 help="the sets of --sets that ORB runs on ('all': every one); its pair matching "
-                      'costs ~20-45 ms CPU per pair, so sroie_merchants (112k pairs) and orl_faces '
-                      '(80k) take 20-60 min on two cores and run only when named')
+                 help="the sets of --sets that ORB runs on ('all': every one); at 2000 keypoints "
+                      'a pair costs ~40 ms CPU, so sroie_merchants (112k pairs) and orl_faces (80k) '
+                      'take ~75 and ~55 CPU-minutes and run only when named')
   p.add_argument('--workers', type=int, default=2, help='processes for ORB pair matching')
   args = p.parse_args(argv)
   for method in args.methods.split(','):
