@@ -64,9 +64,10 @@ def test_graph_is_one_conv_per_conv_and_normalises_in_nchw(exported):
   model, result = exported
   graph = onnx.load(result['path']).graph
   ops = collections.Counter(n.op_type for n in graph.node)
-  # The CPU formulations (depthwise taps as slices, im2col as concat + matmul) are gone; the
-  # Slices left are MobileNetV2's torch padding, one per stride-2 depthwise conv.
-  assert ops['Slice'] <= 5 and ops['Einsum'] == 0 and ops['MatMul'] == 0, ops
+  # The CPU formulations (depthwise taps as slices, im2col as concat + matmul) are gone, and
+  # MobileNetV2's torch padding (Pad, conv, Slice) is the conv's own padding.
+  assert ops['Slice'] == 0 and ops['Pad'] == 0, ops
+  assert ops['Einsum'] == 0 and ops['MatMul'] == 0, ops
   # ReLU6 is one Clip (fusable into the conv), not Max -> Min.
   assert ops['Max'] <= 1 and ops['Min'] == 0, ops
   params = model.variables['params']
