@@ -16,7 +16,7 @@ from configs import default
 from inference import quantize
 from inference.export import export_model
 from inference.model import from_variables
-from inference.onnx_graph import fold_input_normalization
+from inference.onnx_graph import conv_padding_from_pad_slice, fold_input_normalization
 from inference.onnx_model import load_onnx
 from models.embedder import build_model
 
@@ -128,3 +128,39 @@ def test_quantize_cli_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.startswith('error: ') and err.count('\n') == 1, err
     assert why in err, err
+
+
+def pad_conv_slice_graph(fill):
+  """x NHWC [1, 6, 6, 2] -> Pad(1 on H and W, value `fill`) -> conv 3x3 stride 2 'SAME' -> Slice
+  to 3 x 3: MobileNetV2's torch padding as jax2onnx writes it."""
+  h, nh = onnx.helper, onnx.numpy_helper
+  rng = np.random.RandomState(0)
+  inits = [nh.from_array(np.array([0, 1, 1, 0, 0, 1, 1, 0], np.int64), 'pads'),
+           nh.from_array(np.array(fill, np.float32), 'fill'),
+           nh.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), 'w'),
+           nh.from_array(np.array([0, 0], np.int64), 'starts'),
+           nh.from_array(np.array([3, 3], np.int64), 'ends'),
+           nh.from_array(np.array([1, 2], np.int64), 'axes')]
+  nodes = [h.make_node('Pad', ['x', 'pads', 'fill'], ['p'], mode='constant'),
+           h.make_node('Transpose', ['p'], ['p_nchw'], perm=[0, 3, 1, 2]),
+           h.make_node('Conv', ['p_nchw', 'w'], ['c'], strides=[2, 2], pads=[0, 0, 1, 1], group=2),
+           h.make_node('Transpose', ['c'], ['c_nhwc'], perm=[0, 2, 3, 1]),
+           h.make_node('Slice', ['c_nhwc', 'starts', 'ends', 'axes'], ['y'])]
+  graph = h.make_graph(nodes, 'g', [h.make_tensor_value_info('x', onnx.TensorProto.FLOAT,
+                                                             [1, 6, 6, 2])],
+                       [h.make_tensor_value_info('y', onnx.TensorProto.FLOAT, None)], inits)
+  return h.make_model(graph, opset_imports=[h.make_opsetid('', 18)])
+
+
+def test_pad_slice_fold_same_output_and_only_for_zero_padding():
+  import onnxruntime as ort
+  x = np.random.RandomState(1).normal(size=(1, 6, 6, 2)).astype(np.float32)
+  for fill, expect in ((0.0, 1), (1.0, 0)):
+    model = pad_conv_slice_graph(fill)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {'x': x})[0]
+    model, folded = conv_padding_from_pad_slice(model)
+    assert folded == expect
+    got = ort.InferenceSession(model.SerializeToString()).run(None, {'x': x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    ops = [n.op_type for n in model.graph.node]
+    assert ('Pad' in ops) == (not folded) and ('Slice' in ops) == (not folded)
