@@ -207,8 +207,9 @@ def _fold_one_pad_slice(slice_node, producer, readers, constants, shapes):
   if any(v is None for v in (pads, fill, starts, ends, axes, in_shape, kernel_shape)):
     return None
   if (len(pads) != 8 or pads[[0, 3, 4, 7]].any() or fill.size != 1 or float(fill.reshape(())) != 0
-      or starts.any() or len(slice_node.input) > 4 or set(axes.tolist()) - {1, 2}
-      or any(d != 1 for d in _attr(conv, 'dilations', [1, 1]))):
+      or starts.any() or (ends < 0).any() or len(slice_node.input) > 4
+      or set(axes.tolist()) - {1, 2} or any(d != 1 for d in _attr(conv, 'dilations', [1, 1]))
+      or _attr(conv, 'auto_pad', b'NOTSET') not in (b'NOTSET', 'NOTSET')):
     return None
   conv_pads = list(_attr(conv, 'pads', [0, 0, 0, 0]))
   strides = list(_attr(conv, 'strides', [1, 1]))
