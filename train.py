@@ -334,6 +334,12 @@ def stop_if_disk_full(manager, step):
   except Exception as e:  # pylint: disable=broad-except  (tensorstore wraps ENOSPC in ValueError)
     if not workdir_lib.is_disk_full(e):
       raise
+    # Orbax's background writers may still be writing into the step's temp folder (and would
+    # recreate what we remove): let them fail on the same full disk first, then clean.
+    try:
+      manager.wait_until_finished()
+    except Exception:  # pylint: disable=broad-except  (the same ENOSPC, from another thread)
+      pass
     workdir_lib.clean_orbax_temps(str(manager.directory))
     manager.reload()
     raise RunStopped(f'disk full while saving the checkpoint of step {step} in {manager.directory}; '
