@@ -8,6 +8,7 @@ import json
 import os
 
 from errors import CorruptFileError, InputError
+import file_io
 # JAX, flax and the model are imported inside the functions: inference/cli.py reads DEFAULT_DIR
 # for every command, and commands that embed nothing must not pay for JAX.
 
@@ -21,13 +22,6 @@ def is_release(path):
       os.path.join(path, VARIABLES_FILE))
 
 
-def _write_atomic(path, data):
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def save_release(out_dir, model_config, variables, image_size, info):
   """Writes a release folder; returns the float16-stored variables as they will load."""
   import flax.serialization  # pylint: disable=import-outside-toplevel
@@ -35,9 +29,11 @@ def save_release(out_dir, model_config, variables, image_size, info):
   import numpy as np  # pylint: disable=import-outside-toplevel
   os.makedirs(out_dir, exist_ok=True)
   half = jax.tree.map(lambda a: np.asarray(a, np.float32).astype(np.float16), variables)
-  _write_atomic(os.path.join(out_dir, VARIABLES_FILE), flax.serialization.msgpack_serialize(half))
+  file_io.write_bytes_atomic(os.path.join(out_dir, VARIABLES_FILE),
+                             flax.serialization.msgpack_serialize(half))
   meta = dict(model=dict(model_config), image_size=int(image_size), info=info)
-  _write_atomic(os.path.join(out_dir, CONFIG_FILE), json.dumps(meta, indent=1).encode())
+  file_io.write_bytes_atomic(os.path.join(out_dir, CONFIG_FILE),
+                             json.dumps(meta, indent=1).encode())
   return jax.tree.map(lambda a: a.astype(np.float32), half)
 
 

@@ -16,13 +16,13 @@ import hashlib
 import json
 import multiprocessing
 import os
-import tempfile
 import zipfile
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import file_io
 from input_pipeline import captures
 from input_pipeline import fonts
 from input_pipeline import image_io
@@ -118,15 +118,8 @@ def bank(template_ids, copies, seed, size, cache_dir='', workers=0):
   meta = dict(key=key, sha256=_digest(images, boxes, ids), version=GENERATOR_VERSION,
               failures=[[int(t), e] for t, e in failures])
   try:
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix='.paperwork-', suffix='.tmp')
-    try:
-      with os.fdopen(fd, 'wb') as f:
-        np.savez(f, images=images, boxes=boxes, template_ids=ids, meta=np.array(json.dumps(meta)))
-      os.replace(tmp, path)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    file_io.write_with_atomic(path, lambda tmp: np.savez(
+        tmp, images=images, boxes=boxes, template_ids=ids, meta=np.array(json.dumps(meta))))
   except OSError as e:  # a read-only or full disk costs a re-render next time, not the run
     logging.warning('render cache %s not written (%s)', path, e)
   return images, boxes, ids, meta['failures']
