@@ -1,7 +1,7 @@
 """The headline recipe: LCNet-0.5 at 128 px, LN+BN head, ArcFace with PartialFC, CLIP distillation.
 
   python main.py --config=configs/arcface_clip.py --workdir=gs://bucket/run     # production (TPU)
-  python main.py --config=configs/arcface_clip.py:demo --workdir=/tmp/demo     # 2-core CPU, ~10 min
+  python main.py --config=configs/arcface_clip.py:demo --workdir=/tmp/demo     # 2-core CPU, ~12 min
 
 The demo runs the same code on rendered paperwork (input_pipeline/paperwork.py), with a smaller
 batch and fewer steps; every field can still be overridden with --config.x=y.
@@ -49,7 +49,7 @@ def get_config(arg=None):
     c.log_every_steps = 100
 
   if arg == 'demo':
-    # CPU, one device, ~10 minutes: rendered paperwork only (input_pipeline/paperwork.py), from
+    # CPU, one device, ~12 minutes (measured: README): rendered paperwork only (input_pipeline/paperwork.py), from
     # scratch. CosFace with s=32, m=0.2 over 300 templates starts learning within the run
     # (s=64/m=0.4 over 1000 classes barely moved in this budget on the earlier cartoon data).
     c.loss.margin = 'cosface'
