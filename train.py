@@ -340,7 +340,14 @@ def stop_if_disk_full(manager, step):
       manager.wait_until_finished()
     except Exception:  # pylint: disable=broad-except  (the same ENOSPC, from another thread)
       pass
-    workdir_lib.clean_orbax_temps(str(manager.directory))
+    # A writer thread can still recreate the folder right after the wait: clean until no temp
+    # folder is seen twice in a row (bounded: 10 s).
+    ckpt_dir, clean_checks, deadline = str(manager.directory), 0, time.time() + 10
+    while clean_checks < 2 and time.time() < deadline:
+      workdir_lib.clean_orbax_temps(ckpt_dir)
+      time.sleep(0.3)
+      left = [n for n in os.listdir(ckpt_dir) if workdir_lib.ORBAX_TMP in n]
+      clean_checks = 0 if left else clean_checks + 1
     manager.reload()
     raise RunStopped(f'disk full while saving the checkpoint of step {step} in {manager.directory}; '
                      f'the last good checkpoint is step {manager.latest_step()} (intact). Free '
