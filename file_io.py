@@ -185,9 +185,10 @@ def _read_npy_member(zf, name, path, what):
   return np.array(arr)  # writable, owned
 
 
-def read_npz(path, names, what='.npz file'):
-  """{name: array} for each of `names` in the .npz at `path` (no pickles); CorruptFileError
-  naming the file for an empty, truncated, garbled or incomplete file."""
+def read_npz(path, names, what='.npz file', optional=()):
+  """{name: array} for each of `names` (and of the `optional` names the file holds) in the .npz
+  at `path` (no pickles); CorruptFileError naming the file for an empty, truncated, garbled or
+  incomplete file."""
   _require_file(path, what)
   try:
     with zipfile.ZipFile(path) as zf:
@@ -196,7 +197,8 @@ def read_npz(path, names, what='.npz file'):
       if missing:
         raise CorruptFileError(f'{path}: {what} lacks {", ".join(missing)} '
                                f'(holds: {", ".join(sorted(present)) or "nothing"})')
-      return {n: _read_npy_member(zf, n, path, what) for n in names}
+      return {n: _read_npy_member(zf, n, path, what)
+              for n in list(names) + [o for o in optional if o in present]}
   except (zipfile.BadZipFile, zlib.error, EOFError) as e:
     raise CorruptFileError(f'{path}: not a {what} or a damaged one (truncated? '
                            f'{str(e) or type(e).__name__})') from None

@@ -1,13 +1,23 @@
-"""Score threshold for a target false-positive rate, from labelled images.
+"""The registry's threshold, calibrated for the decision `classify` makes, and the pair figure.
 
-Protocol (the same as the evaluation README's pair TPR@FPR): every pair of images whose *types*
-differ is an impostor pair (a sub-label 'A/glare' against 'A' is not a false accept); the
-threshold is the lowest score that lets at most target_fpr of the impostor pairs through. The
-pairs are all pairs among the calibration images and the registry's entries, pooled, so even a
-one-image-per-type registry yields enough pairs. With n impostor pairs the rate cannot be
-resolved below 1/n: then the threshold is the highest impostor score and the result says so.
+The decision (issue 14): a capture of a type that is not registered is wrongly accepted when its
+*best* score over all N registered entries passes the threshold. So the threshold is set on the
+distribution of that best score, against a registry of the actual size: each labelled
+calibration capture is scored against every entry of *other* types (as if its own type were not
+registered; identical pixels never count), and the threshold is the lowest score that at most
+`target` of those best scores exceed (accept = score strictly above). The achieved rate comes with
+a Clopper-Pearson 95% interval; with fewer than 1/target captures the target cannot be resolved
+and the result says so, with what is needed. The calibration captures' embeddings are kept with
+the registry, so when the registry grows the rate at the stored threshold is re-checked
+(`recheck`) and can be re-calibrated without the images.
+
+The pair figure (kept as a reported number, `pair_*`): the threshold that lets `target` of the
+different-type *pairs* through (the evaluation README's protocol). It is not what classify needs:
+an unknown capture meets N entries, so it is accepted about N times more often.
 numpy only.
 """
+import math
+
 import numpy as np
 
 DEFAULT_TARGET_FPR = 1e-4
@@ -78,16 +88,145 @@ def calibrate_threshold(embeddings, types, hashes=None, target_fpr=DEFAULT_TARGE
   }
 
 
-def calibrate_registry(registry, embeddings, labels, hashes=None, target_fpr=DEFAULT_TARGET_FPR):
-  """Pools the labelled calibration embeddings with the registry's entries, sets
-  registry.threshold / registry.calibration, and returns the calibration dict."""
-  types = [label.split('/', 1)[0] for label in list(labels) + registry.labels]
-  hashes = (list(hashes) if hashes is not None else [''] * len(labels)) + registry.hashes
-  emb = np.concatenate([np.asarray(embeddings, np.float32).reshape(-1, registry.embed_dim),
-                        registry.embeddings])
+def _binom_cdf(k, n, p):
+  """P(X <= k) for X ~ Binomial(n, p), summed in log space (n up to millions is fine)."""
+  if k < 0:
+    return 0.0
+  if k >= n or p <= 0:
+    return 1.0
+  if p >= 1:
+    return 0.0
+  i = np.arange(k + 1, dtype=np.float64)
+  log_terms = (math.lgamma(n + 1) - np.array([math.lgamma(x + 1) for x in i])
+               - np.array([math.lgamma(n - x + 1) for x in i])
+               + i * math.log(p) + (n - i) * math.log1p(-p))
+  top = log_terms.max()
+  return float(min(1.0, math.exp(top) * np.exp(log_terms - top).sum()))
+
+
+def clopper_pearson(k, n, confidence=0.95):
+  """Exact two-sided binomial interval (lo, hi) for k successes in n trials (by bisection)."""
+  if n <= 0:
+    return 0.0, 1.0
+  a = (1 - confidence) / 2
+
+  def solve(f, level):  # f decreasing in p: the p where f(p) == level
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+      mid = (lo + hi) / 2
+      if f(mid) > level:
+        lo = mid
+      else:
+        hi = mid
+    return (lo + hi) / 2
+  # lower: P(X >= k | p) = a, i.e. cdf(k - 1) = 1 - a; upper: P(X <= k | p) = a.
+  lower = 0.0 if k == 0 else solve(lambda p: _binom_cdf(k - 1, n, p), 1 - a)
+  upper = 1.0 if k >= n else solve(lambda p: _binom_cdf(k, n, p), a)
+  return lower, upper
+
+
+def best_other_type_scores(queries, query_types, query_hashes, entries, entry_types,
+                           entry_hashes, block=1024):
+  """Each query's best score over the entries whose type differs from its own (identical
+  pixels excluded): the score it would meet if its type were not registered. -inf where no
+  entry qualifies. Also returns each query's best entry index over *all* entries (-1: none)."""
+  q = np.asarray(queries, np.float32)
+  e = np.asarray(entries, np.float32)
+  types = np.asarray(list(query_types) + list(entry_types), dtype=object)
+  _, tid = np.unique(types, return_inverse=True)
+  q_tid, e_tid = tid[:len(q)], tid[len(q):]
+  best_other = np.full(len(q), -np.inf, np.float32)
+  best_any = np.full(len(q), -1, np.int64)
+  for start in range(0, len(q), block):
+    rows = slice(start, min(len(q), start + block))
+    s = q[rows] @ e.T
+    same_pixels = np.array([[bool(h) and h == g for g in entry_hashes]
+                            for h in query_hashes[rows]], bool).reshape(s.shape)
+    s = np.where(same_pixels, -np.inf, s)
+    if e.shape[0]:
+      best_any[rows] = np.argmax(s, axis=1)
+      other = np.where(q_tid[rows][:, None] != e_tid[None, :], s, -np.inf)
+      best_other[rows] = other.max(axis=1)
+  return best_other, best_any
+
+
+def decision_threshold(unknown_best, target):
+  """(threshold, accepted): the lowest threshold that at most floor(target * n) of the scores
+  exceed (strictly). With target * n < 1 it is the highest score (nothing passes)."""
+  s = np.sort(np.asarray(unknown_best, np.float64))[::-1]
+  allowed = int(np.floor(target * len(s)))
+  threshold = float(s[min(allowed, len(s) - 1)])
+  return threshold, int((s > threshold).sum())
+
+
+def rate_report(accepted, trials, target):
+  lo, hi = clopper_pearson(accepted, trials)
+  return {'false_accepts': int(accepted), 'unknown_trials': int(trials),
+          'achieved_rate': accepted / trials if trials else None,
+          'rate_ci95': [lo, hi], 'target_in_ci95': bool(lo <= target <= hi),
+          'resolved': bool(target * trials >= 1)}
+
+
+def calibrate_decision(queries, query_types, query_hashes, entries, entry_types, entry_hashes,
+                       target):
+  """Threshold for a false-accept rate of `target` per unregistered capture against these
+  entries. -> dict (threshold, target_far, rate figures, genuine accept figures)."""
+  if not 0 < target < 1:
+    raise ValueError(f'target false-accept rate must be in (0, 1), got {target}')
+  if len(set(entry_types)) < 1 or not len(entries):
+    raise ValueError('calibration needs a registry with entries (register some types first)')
+  best_other, best_any = best_other_type_scores(
+      queries, query_types, query_hashes, entries, entry_types, entry_hashes)
+  valid = np.isfinite(best_other)
+  if not valid.any():
+    raise ValueError('calibration needs captures of at least one type besides a registered one '
+                     '(every capture met only its own type\'s entries)')
+  trials = int(valid.sum())
+  threshold, accepted = decision_threshold(best_other[valid], target)
+  out = {'threshold': threshold, 'target_far': float(target), 'registry_entries': len(entries),
+         'calibration_images': len(queries), **rate_report(accepted, trials, target)}
+  if not out['resolved']:
+    out['needed_captures'] = int(math.ceil(1 / target))
+  # Captures of registered types: accepted and named correctly at this threshold.
+  e_types = np.asarray(entry_types, dtype=object)
+  registered = np.array([t in set(entry_types) for t in query_types])
+  if registered.any():
+    q = np.asarray(queries, np.float32)[registered]
+    idx = best_any[registered]
+    score = np.einsum('ij,ij->i', q, np.asarray(entries, np.float32)[idx])
+    right = e_types[idx] == np.asarray(query_types, dtype=object)[registered]
+    out['known_captures'] = int(registered.sum())
+    out['known_correct_accept_rate'] = float(np.mean(right & (score > threshold)))
+  return out
+
+
+def recheck(calibration_set, entries, entry_types, entry_hashes, threshold, target):
+  """The false-accept rate at `threshold` of the stored calibration captures against the
+  registry as it is now (it may have grown since calibration)."""
+  emb, types, hashes = calibration_set
+  best_other, _ = best_other_type_scores(emb, types, hashes, entries, entry_types, entry_hashes)
+  valid = np.isfinite(best_other)
+  return {'registry_entries': len(entries),
+          **rate_report(int((best_other[valid] > threshold).sum()), int(valid.sum()), target)}
+
+
+def calibrate_registry(registry, embeddings, labels, hashes=None, target_far=DEFAULT_TARGET_FPR):
+  """Sets registry.threshold for a false-accept rate of `target_far` per unregistered capture
+  (see module doc), keeps the calibration captures with it, and returns the calibration dict
+  (the pair-FPR threshold for the same target under 'pair_*')."""
+  emb = np.asarray(embeddings, np.float32).reshape(-1, registry.embed_dim)
   emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-  result = calibrate_threshold(emb, types, hashes, target_fpr)
-  result['calibration_images'] = len(labels)
+  types = [label.split('/', 1)[0] for label in labels]
+  hashes = list(hashes) if hashes is not None else [''] * len(types)
+  entry_types = [label.split('/', 1)[0] for label in registry.labels]
+  result = calibrate_decision(emb, types, hashes, registry.embeddings, entry_types,
+                              registry.hashes, target_far)
+  pooled = np.concatenate([emb, registry.embeddings])
+  if len(set(types + entry_types)) >= 2:
+    pair = calibrate_threshold(pooled, types + entry_types, hashes + registry.hashes, target_far)
+    result.update({f'pair_{k}': v for k, v in pair.items()})
   registry.threshold = result['threshold']
   registry.calibration = result
+  registry.calibration_set = (emb, types, hashes)
+  registry.mark_calibrated()
   return result

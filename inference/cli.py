@@ -3,7 +3,7 @@
   embed      --checkpoint W --data DIR --out E.npy       one L2-normalised row per labels.csv row
   register   --checkpoint W --registry R.npz (--tree ROOT | --label L FILES...)
   classify   --checkpoint W --registry R.npz FILES/FOLDERS/GLOBS [--top-k K] [--type T]
-  calibrate  --checkpoint W --registry R.npz --data DIR [--fpr 1e-4]
+  calibrate  --checkpoint W --registry R.npz [--data DIR] [--far 1e-4]
   list       --registry R.npz           remove --registry R.npz --label L
   evaluate   --checkpoint W --data DIR [--out metrics.json] [--roc roc.png]
   export     --checkpoint W --out DIR [--formats jax,onnx]
@@ -122,8 +122,9 @@ def cmd_register(args):
     for d in r['duplicate_images']:
       lines.append(f'    WARNING: {d["source"]} also registered under {d["other_label"]!r} '
                    f'({d["kind"]})')
-  if reg.threshold is not None and any(r['added'] for r in reports):
-    lines.append('  note: the threshold was calibrated before these entries; re-run calibrate')
+  check = reg.calibration_check()
+  if check:
+    lines.append(f'  warning: {check["message"]}')
   emit(args, {'registry': args.registry, 'entries': len(reg), 'reports': reports},
        '\n'.join(lines))
 
@@ -136,6 +137,9 @@ def cmd_classify(args):
   answers = reg.classify_embeddings(emb, args.top_k, args.type, args.threshold) if len(emb) else []
   if reg.threshold is None and args.threshold is None:
     print('warning: registry not calibrated: every answer passes (run calibrate)', file=sys.stderr)
+  check = reg.calibration_check() if args.threshold is None else None
+  if check:
+    print(f'warning: {check["message"]}', file=sys.stderr)
   if args.json:
     for path, a in zip(loaded.paths, answers):
       print(json.dumps({'file': path, **a}))
@@ -164,17 +168,32 @@ def cmd_calibrate(args):
   from inference.calibration import calibrate_registry
   from inference.registry import pixel_hash
   model = load_model(args)
-  load_registry(args.registry, model)  # refuse a bad registry before embedding
-  loaded, emb, labels = labelled_folder(args, model)
-  hashes = [pixel_hash(im) for im in loaded.images]
+  reg = load_registry(args.registry, model)  # refuse a bad registry before embedding
+  if args.data:
+    loaded, emb, labels = labelled_folder(args, model)
+    hashes = [pixel_hash(im) for im in loaded.images]
+  elif reg.calibration_set is not None:  # the captures of the last calibration, kept in the file
+    emb, labels, hashes = reg.calibration_set
+  else:
+    raise InputError('calibrate: give --data (labelled captures, including types that are not '
+                     'registered); this registry holds no earlier calibration captures')
   _, result = update_registry(args.registry, model, lambda reg: calibrate_registry(
-      reg, emb, labels, hashes, target_fpr=args.fpr))
-  text = (f'threshold {result["threshold"]:.4f} for FPR {args.fpr:g}: '
-          f'{result["accepted_impostors"]}/{result["impostor_pairs"]} impostor pairs above it, '
-          f'genuine pairs accepted {result["genuine_accept_rate"]}')
-  if result['resolution_limited']:
-    text += (f'\nwarning: {result["impostor_pairs"]} impostor pairs cannot resolve FPR '
-             f'{args.fpr:g}; threshold = highest impostor score (add more labelled images)')
+      reg, emb, labels, hashes, target_far=args.far))
+  lo, hi = result['rate_ci95']
+  text = (f'threshold {result["threshold"]:.4f} for a false-accept rate of {args.far:g} per '
+          f'unregistered capture against {result["registry_entries"]} entries: '
+          f'{result["false_accepts"]}/{result["unknown_trials"]} calibration captures of other '
+          f'types above it ({result["achieved_rate"]:.4g}, 95% CI {lo:.2g}-{hi:.2g})')
+  if 'known_correct_accept_rate' in result:
+    text += (f'; registered types: {result["known_correct_accept_rate"]:.3f} of '
+             f'{result["known_captures"]} captures accepted and named right')
+  if 'pair_threshold' in result:
+    text += (f'\n(pair figure: {result["pair_threshold"]:.4f} would let {args.far:g} of '
+             f'{result["pair_impostor_pairs"]} different-type pairs through)')
+  if not result['resolved']:
+    text += (f'\nwarning: {result["unknown_trials"]} captures cannot resolve a rate of '
+             f'{args.far:g}: the threshold is the highest score seen; label at least '
+             f'{result["needed_captures"]} captures (10x that for a tight interval)')
   emit(args, result, text)
 
 
@@ -289,10 +308,13 @@ def build_parser():
   s.add_argument('--type', help="only this type's entries (its sub-labels) compete")
   s.add_argument('--threshold', type=finite_float, help='override the calibrated threshold')
 
-  s = command('calibrate', cmd_calibrate, 'Set the registry threshold for a target FPR.',
-              registry=True)
-  s.add_argument('--data', required=True, help='labels.csv folder or root/<type>/ tree')
-  s.add_argument('--fpr', type=rate, default=1e-4, help='target false-positive rate per pair')
+  s = command('calibrate', cmd_calibrate,
+              'Set the registry threshold for a target false-accept rate per unregistered '
+              'capture.', registry=True)
+  s.add_argument('--data', help='labels.csv folder or root/<type>/ tree: captures of registered '
+                 'and of unregistered types (default: the captures of the last calibration)')
+  s.add_argument('--far', '--fpr', dest='far', type=rate, default=1e-4,
+                 help='target rate at which a capture of an unregistered type is accepted')
 
   command('list', cmd_list, 'List the labels of a registry.', model=False, registry=True)
   s = command('remove', cmd_remove, 'Remove a label (a type removes its sub-labels).',
@@ -303,7 +325,8 @@ def build_parser():
   s.add_argument('--data', required=True, help='folder with labels.csv (file,label,role)')
   s.add_argument('--out', help='write the figures as JSON here')
   s.add_argument('--roc', help='write a ROC curve PNG here')
-  s.add_argument('--fpr', type=rate, default=1e-4, help='open-set calibration target FPR')
+  s.add_argument('--fpr', '--far', dest='fpr', type=rate, default=1e-4,
+                 help='open-set: target false-accept rate per unregistered capture')
   s.add_argument('--folds', type=positive_int, default=4, help='open-set: labels held out per fold')
 
   s = command('export', cmd_export, 'Export embed() as jax.export and ONNX, parity-checked.')

@@ -2,15 +2,17 @@
 
 Pair and top-1 figures are evaluation/verification.py's (one protocol for training-time eval and
 this tool). Open-set: the labels are split into folds; for each fold, the other labels are
-registered (their role=register images), the threshold is calibrated on them (their queries +
-registry, inference/calibration.py) and the fold's queries, whose labels the registry has never
-seen, are classified: each one accepted is a false accept. Every label is held out exactly once.
+registered (their role=register images), the threshold is calibrated for the target false-accept
+rate per unregistered capture on them (their queries against the other types' entries,
+inference/calibration.py) and the fold's queries, whose labels the registry has never seen, are
+classified: each one accepted is a false accept. Every label is held out exactly once; the
+achieved rate comes with its Clopper-Pearson 95% interval and whether the target lies in it.
 """
 import numpy as np
 from PIL import Image, ImageDraw
 
 from evaluation.verification import pair_metrics, pair_scores, top1_identification
-from inference.calibration import calibrate_registry
+from inference.calibration import calibrate_registry, rate_report
 from inference.registry import Registry
 
 EVAL_FPRS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
@@ -35,7 +37,7 @@ def open_set_figures(embeddings, labels, is_register, model, target_fpr, folds=4
         reg.add_embeddings(str(label), embeddings[rows], hashes=[f'row{r}' for r in rows])
     known_queries = np.flatnonzero(~is_register & ~is_held)
     calibrate_registry(reg, embeddings[known_queries], [str(l) for l in labels[known_queries]],
-                       hashes=[f'row{r}' for r in known_queries], target_fpr=target_fpr)
+                       hashes=[f'row{r}' for r in known_queries], target_far=target_fpr)
     thresholds.append(reg.threshold)
     unknown_rows = np.flatnonzero(~is_register & is_held)
     if len(unknown_rows):
@@ -47,8 +49,11 @@ def open_set_figures(embeddings, labels, is_register, model, target_fpr, folds=4
       counts['known_queries'] += len(known_queries)
       counts['known_correct'] += sum(a['label'] == l for a, l in zip(answers, labels[known_queries]))
       counts['known_rejected'] += sum(not a['accepted'] for a in answers)
+  rate = rate_report(counts['false_accepts'], counts['unknown_queries'], target_fpr)
   return {
       'open_set_target_fpr': target_fpr, 'open_set_folds': folds,
+      'unknown_false_accept_ci95': rate['rate_ci95'],
+      'unknown_false_accept_target_in_ci95': rate['target_in_ci95'],
       'open_set_thresholds': [round(t, 5) for t in thresholds],
       'unknown_false_accept_rate': counts['false_accepts'] / max(1, counts['unknown_queries']),
       'known_correct_accept_rate': counts['known_correct'] / max(1, counts['known_queries']),

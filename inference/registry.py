@@ -6,7 +6,10 @@ carries both 'A/glare' and its type 'A'. Below the calibrated threshold the answ
 
 File format: one .npz (allow_pickle=False) with `embeddings` float32 [N, D] and `meta_json`
 (utf-8 JSON as uint8: labels, sources, content hashes, model fingerprint, preprocessing,
-threshold). Written atomically; loading it beside a different model is an error.
+threshold); once calibrated, also `calibration_embeddings` float32 [M, D] (the labelled captures
+the threshold was set on, with their types and hashes in the metadata), so that the false-accept
+rate can be re-checked when the registry grows (inference/calibration.py). Written atomically;
+loading it beside a different model is an error.
 numpy only (plus Pillow through inference.images), so it works next to the ONNX runtime.
 """
 import hashlib
@@ -47,8 +50,9 @@ class Registry:
     self.preprocessing = dict(preprocessing)
     self.embeddings = np.zeros((0, self.embed_dim), np.float32)
     self.labels, self.sources, self.hashes = [], [], []
-    self.threshold = None        # score >= threshold is accepted
-    self.calibration = {}        # how the threshold was set (target FPR, pairs, ...)
+    self.threshold = None        # a best score strictly above it is accepted
+    self.calibration = {}        # how the threshold was set (target rate, interval, ...)
+    self.calibration_set = None  # (embeddings [M, D], types, hashes) it was set on
     self.model = None
     self._index = None
     if model is not None:
@@ -74,7 +78,37 @@ class Registry:
 
   @property
   def threshold_fpr(self):
-    return self.calibration.get('target_fpr')
+    """The target false-accept rate per unregistered capture the threshold was set for."""
+    return self.calibration.get('target_far', self.calibration.get('target_fpr'))
+
+  def calibration_check(self):
+    """None while the entries are those the threshold was calibrated against; else the
+    re-checked false-accept rate at the stored threshold (dict with 'message')."""
+    if self.threshold is None or not self.calibration.get('entries_digest'):
+      return None
+    if self.calibration['entries_digest'] == self._entries_digest():
+      return None
+    from inference import calibration as calibration_lib
+    target = self.threshold_fpr
+    was = self.calibration.get('registry_entries')
+    if self.calibration_set is None or not len(self):
+      return {'message': f'the registry changed since calibration ({was} -> {len(self)} entries) '
+                         f'and holds no calibration captures: re-run calibrate with --data'}
+    types = [label_type(l) for l in self.labels]
+    now = calibration_lib.recheck(self.calibration_set, self.embeddings, types, self.hashes,
+                                  self.threshold, target)
+    lo, hi = now['rate_ci95']
+    now['message'] = (
+        f'the registry changed since calibration ({was} -> {len(self)} entries): at threshold '
+        f'{self.threshold:.4f} the false-accept rate is now {now["false_accepts"]}/'
+        f'{now["unknown_trials"]} = {now["achieved_rate"]:.4g} (95% CI {lo:.2g}-{hi:.2g}) for '
+        f'a target of {target:g}; run calibrate again (it reuses the stored captures)')
+    return now
+
+  def _entries_digest(self):
+    h = hashlib.sha256(np.ascontiguousarray(self.embeddings).tobytes())
+    h.update(json.dumps(self.labels).encode())
+    return h.hexdigest()[:20]
 
   def list(self):
     """[{'label', 'type', 'sub_label', 'entries'}] sorted by label."""
@@ -220,34 +254,47 @@ class Registry:
 
   # ---- persistence ----
   def metadata(self):
-    return {'format_version': FORMAT_VERSION, 'fingerprint': self.fingerprint,
+    meta = {'format_version': FORMAT_VERSION, 'fingerprint': self.fingerprint,
             'embed_dim': self.embed_dim, 'preprocessing': self.preprocessing,
             'threshold': self.threshold, 'calibration': self.calibration,
             'labels': self.labels, 'sources': self.sources, 'hashes': self.hashes}
+    if self.calibration_set is not None:
+      meta['calibration_types'] = list(self.calibration_set[1])
+      meta['calibration_hashes'] = list(self.calibration_set[2])
+    return meta
+
+  def mark_calibrated(self):
+    """Records which entries the threshold was calibrated against (calibration_check)."""
+    self.calibration['entries_digest'] = self._entries_digest()
 
   def save(self, path):
     """Replaces the file whole (file_io: atomic, mode and symlink target kept). Callers that
     read, change and save (inference/cli.py) hold file_io.locked(path) around all three."""
     meta = np.frombuffer(json.dumps(self.metadata()).encode('utf-8'), np.uint8)
     buf = io.BytesIO()
-    np.savez(buf, embeddings=self.embeddings, meta_json=meta)
+    arrays = {'embeddings': self.embeddings, 'meta_json': meta}
+    if self.calibration_set is not None:
+      arrays['calibration_embeddings'] = np.asarray(self.calibration_set[0], np.float32)
+    np.savez(buf, **arrays)
     file_io.write_bytes_atomic(path, buf.getvalue())
 
   @classmethod
   def load(cls, path, model=None):
     """Reads and checks a registry: every problem is one InputError naming the file."""
-    arrays = file_io.read_npz(path, ('embeddings', 'meta_json'), 'registry file')
+    arrays = file_io.read_npz(path, ('embeddings', 'meta_json'), 'registry file',
+                              optional=('calibration_embeddings',))
     try:
       meta = json.loads(arrays['meta_json'].tobytes().decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise CorruptFileError(f'{path}: registry metadata is not valid JSON ({e})') from None
-    reg = cls._from_checked(path, arrays['embeddings'], meta)
+    reg = cls._from_checked(path, arrays['embeddings'], meta,
+                            arrays.get('calibration_embeddings'))
     if model is not None:
       reg.attach_model(model)
     return reg
 
   @classmethod
-  def _from_checked(cls, path, embeddings, meta):
+  def _from_checked(cls, path, embeddings, meta, calibration_embeddings=None):
     """A Registry from stored arrays, after checking every field a hand edit could break."""
     def bad(what):
       return CorruptFileError(f'{path}: corrupt registry: {what}')
@@ -293,6 +340,18 @@ class Registry:
     reg.embeddings, reg.labels = embeddings, list(meta['labels'])
     reg.sources, reg.hashes = list(meta['sources']), list(meta['hashes'])
     reg.threshold, reg.calibration = threshold, calibration
+    if calibration_embeddings is not None:
+      types, hashes = meta.get('calibration_types'), meta.get('calibration_hashes')
+      m = len(calibration_embeddings)
+      if not (isinstance(types, list) and isinstance(hashes, list) and len(types) == m
+              and len(hashes) == m and all(isinstance(v, str) for v in types + hashes)):
+        raise bad(f'calibration_types / calibration_hashes must be {m} strings each')
+      if (calibration_embeddings.dtype != np.float32 or calibration_embeddings.ndim != 2
+          or calibration_embeddings.shape[1] != dim
+          or not np.isfinite(calibration_embeddings).all()):
+        raise bad(f'calibration_embeddings are {calibration_embeddings.dtype} '
+                  f'{list(calibration_embeddings.shape)}, expected finite float32 [{m}, {dim}]')
+      reg.calibration_set = (calibration_embeddings, types, hashes)
     return reg
 
   # ---- helpers ----

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.calibration import calibrate_registry
+from inference.calibration import calibrate_registry, clopper_pearson
 from inference.embedding import EmbeddingModel
 from inference.images import InputError, default_preprocessing, scan_registration_tree
 from inference.registry import Registry, UNKNOWN
@@ -78,9 +78,11 @@ def test_register_classify_subtypes_calibrate_unknown_roundtrip(tree, tmp_path):
   cal_types = list(range(6)) + list(range(10, 30))
   cal = np.stack([capture(t, 20 + i) for t in cal_types for i in range(3)])
   cal_labels = [f'T{t}' for t in cal_types for _ in range(3)]
-  result = calibrate_registry(reg, model.embed(cal), cal_labels, target_fpr=1e-3)
-  assert result['impostor_pairs'] > 1000 and result['achieved_fpr'] <= 1e-3
-  assert reg.threshold == result['threshold'] and reg.threshold_fpr == 1e-3
+  result = calibrate_registry(reg, model.embed(cal), cal_labels, target_far=0.05)
+  # 60 captures of the 20 unregistered types + 18 of registered ones scored against the others.
+  assert result['unknown_trials'] == 78 and result['false_accepts'] <= 3 and result['resolved']
+  assert result['pair_impostor_pairs'] > 1000
+  assert reg.threshold == result['threshold'] and reg.threshold_fpr == 0.05
   # An unregistered type (never seen in calibration either) is 'unknown'; known ones still pass.
   unknown = reg.classify(np.stack([capture(t, 50) for t in (40, 41, 42)]))
   assert all(a['label'] == UNKNOWN and not a['accepted'] for a in unknown), unknown
@@ -91,6 +93,8 @@ def test_register_classify_subtypes_calibrate_unknown_roundtrip(tree, tmp_path):
   reg.save(path)
   back = Registry.load(path, model)
   assert back.labels == reg.labels and back.threshold == reg.threshold
+  assert back.calibration_check() is None  # entries unchanged since calibration
+  np.testing.assert_array_equal(back.calibration_set[0], reg.calibration_set[0])
   np.testing.assert_array_equal(back.embeddings, reg.embeddings)
   assert [a['label'] for a in back.classify(queries)] == [a['label'] for a in known]
 
@@ -147,3 +151,67 @@ def test_search_backends_agree_with_brute_force():
     fs, fi = EntryIndex(db, backend).search(q, 7)
     np.testing.assert_array_equal(fi, want)
     np.testing.assert_allclose(fs, s, atol=1e-5)  # fp16 candidates are re-scored exactly
+
+
+def open_set_world(seed, n_types, per_type, dim=32, spread=0.75):
+  """Embeddings with a known structure: each type a random unit direction, its captures that
+  direction plus isotropic noise. Types never seen by calibration are new draws."""
+  rng = np.random.RandomState(seed)
+  centres = rng.randn(n_types, dim)
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  x = np.repeat(centres, per_type, 0) + spread * rng.randn(n_types * per_type, dim) / np.sqrt(dim)
+  x /= np.linalg.norm(x, axis=1, keepdims=True)
+  return x.astype(np.float32), [f'{seed}-{t}' for t in range(n_types) for _ in range(per_type)]
+
+
+def test_decision_calibration_hits_its_target_on_new_types_where_the_pair_threshold_does_not():
+  """Known answer: calibrated for 5% per unregistered capture against a 60-entry registry, fresh
+  captures of types neither registered nor calibrated on are accepted at a rate whose 95%
+  interval holds 5%; the pair-FPR threshold for the same target accepts many times more."""
+  reg = Registry('w', 32, default_preprocessing(SIZE))
+  entries, entry_labels = open_set_world(1, 60, 1)
+  for e, label in zip(entries, entry_labels):
+    reg.add_embeddings(label, e[None])
+  registered, registered_labels = open_set_world(1, 60, 4)  # same seed: the registered types
+  others, other_labels = open_set_world(2, 200, 3)
+  result = calibrate_registry(reg, np.concatenate([registered[60:], others]),
+                              registered_labels[60:] + other_labels, target_far=0.05)
+  assert result['resolved'] and result['unknown_trials'] == 180 + 600
+  fresh, _ = open_set_world(3, 2000, 1)
+  accepted = sum(a['accepted'] for a in reg.classify_embeddings(fresh))
+  lo, hi = clopper_pearson(accepted, 2000)
+  assert lo <= 0.05 <= hi, (accepted, lo, hi)
+  at_pair = reg.classify_embeddings(fresh, threshold=result['pair_threshold'])
+  assert sum(a['accepted'] for a in at_pair) > 3 * 0.05 * 2000
+  # Registered types are still recognised at the decision threshold.
+  assert result['known_correct_accept_rate'] > 0.5
+
+
+def test_grown_registry_rechecks_its_rate_and_a_small_set_says_what_it_needs(tmp_path):
+  reg = Registry('w', 32, default_preprocessing(SIZE))
+  entries, labels = open_set_world(1, 20, 1)
+  for e, label in zip(entries, labels):
+    reg.add_embeddings(label, e[None])
+  cal, cal_labels = open_set_world(2, 100, 2)
+  small = calibrate_registry(reg, cal[:40], cal_labels[:40], target_far=1e-2)
+  assert not small['resolved'] and small['needed_captures'] == 100 and small['false_accepts'] == 0
+  result = calibrate_registry(reg, cal, cal_labels, target_far=0.05)
+  path = str(tmp_path / 'r.npz')
+  reg.save(path)
+  grown = Registry.load(path)
+  more, more_labels = open_set_world(4, 200, 1)  # ten times the entries: more chances to pass
+  for e, label in zip(more, more_labels):
+    grown.add_embeddings(label, e[None])
+  check = grown.calibration_check()
+  assert check['registry_entries'] == 220 and 'since calibration (20 -> 220 entries)' in check['message']
+  assert check['achieved_rate'] > result['achieved_rate']
+  again = calibrate_registry(grown, *grown.calibration_set[:2], target_far=0.05)
+  assert again['threshold'] > result['threshold'] and grown.calibration_check() is None
+
+
+@pytest.mark.parametrize('k,n', [(0, 50), (3, 200), (50, 50)])
+def test_clopper_pearson_is_the_exact_binomial_interval(k, n):
+  from scipy.stats import beta
+  lo, hi = clopper_pearson(k, n)
+  assert lo == pytest.approx(beta.ppf(0.025, k, n - k + 1) if k else 0.0, abs=1e-9)
+  assert hi == pytest.approx(beta.ppf(0.975, k + 1, n - k) if k < n else 1.0, abs=1e-9)
