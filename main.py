@@ -83,7 +83,14 @@ def main(argv):
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config.get('task', 'embed') == 'corners':  # issue 15: the corner detector
+      import train_corners  # pylint: disable=import-outside-toplevel
+      train_corners.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.config.get('task', 'embed') == 'uncertainty':  # issue 14: the PFE head
+      import train_uncertainty  # pylint: disable=import-outside-toplevel
+      train_uncertainty.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except ConfigError as e:
     sys.exit(f'Config error: {e}')
   except RunStopped as e:

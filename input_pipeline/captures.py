@@ -89,8 +89,28 @@ def _page_corners(seed, box, out_size, mode, k):
   return tf.stack([unit, scan, photo])[mode] * s
 
 
-def _background(seed, out_size, other, other_box):
-  """A desk, a table, a keyboard, fabric, or another paper lying beneath."""
+def _clutter(x, seed, out_size, count):
+  """Up to `count` things lying on the desk: pens, sticky notes, a mouse, a phone (solid shapes
+  of random colour, rectangles or ellipses, shaded across their width)."""
+  ys, xs = _grid(out_size)
+  for i in range(count):
+    s = tf.random.experimental.stateless_fold_in(seed, 60 + i)
+    c, a = _u(s, 0, (2,), -0.1, 1.1), _u(s, 1, (), 0.0, 2 * math.pi)
+    length = _u(s, 2, (), 0.04, 0.25)
+    width = length * _u(s, 3, (), 0.06, 1.0)
+    u = (xs - c[0]) * tf.cos(a) + (ys - c[1]) * tf.sin(a)
+    v = (ys - c[1]) * tf.cos(a) - (xs - c[0]) * tf.sin(a)
+    rect = (tf.abs(u) < length) & (tf.abs(v) < width)
+    ellipse = (u / length) ** 2 + (v / width) ** 2 < 1.0
+    inside = tf.where(_u(s, 4) < 0.35, ellipse, rect) & (_u(s, 5) < 0.7)
+    colour = _u(s, 6, (3,), 0.0, 255.0) * (1.0 - 0.35 * tf.abs(v / width))
+    x = tf.where(inside, colour, x)
+  return x
+
+
+def _background(seed, out_size, other, other_box, paper_prob=0.25, clutter=0):
+  """A desk, a table, a keyboard, fabric, or (with paper_prob) another paper lying beneath;
+  with `clutter`, up to that many things lying on it."""
   ys, xs = _grid(out_size)
   base = _u(seed, 10, (1, 1, 3))
   wood = tf.constant([[[0.55, 0.38, 0.22]]]) * _u(seed, 11, (), 0.5, 1.4)
@@ -114,7 +134,8 @@ def _background(seed, out_size, other, other_box):
   dst = tf.matmul(half, rot, transpose_b=True) + c
   paper, mask = _place(other, other_box, dst, out_size)
   with_paper = mask * paper + (1.0 - mask) * bg
-  return tf.cond(_u(seed, 19) < 0.25, lambda: with_paper, lambda: bg)
+  bg = tf.cond(_u(seed, 19) < paper_prob, lambda: with_paper, lambda: bg)
+  return _clutter(bg, seed, out_size, clutter) if clutter else bg
 
 
 def _thumb(x, seed, corners, out_size):
@@ -164,21 +185,30 @@ def _photo_light(x, seed, k):
   return x * vignette
 
 
-def capture(page, box, seed, out_size, strength=1.0, other=None, other_box=None):
+def capture(page, box, seed, out_size, strength=1.0, other=None, other_box=None, corners=None,
+            paper_prob=0.25, clutter=0):
   """page: uint8 [S, S, 3] (a rendered copy in its square canvas); box: [4] float (x0, y0, x1, y1);
   seed: int [2]; other / other_box: another page for the background (or None).
+  corners: None, or the page's corners [4, 2] in output px, chosen by the caller (the corner
+  detector's photo geometry, input_pipeline/corner_data.py): the capture is then a photo.
+  paper_prob: share of photo backgrounds with another paper beneath; clutter: up to that many
+  things lying on the desk (_clutter).
   Returns (uint8 [out_size, out_size, 3], corners float32 [4, 2] in output px)."""
   k = float(strength)
   seed = tf.cast(seed, tf.int64)
   box = tf.cast(box, tf.float32)
   draw = _u(seed, 50)
   mode = tf.where(draw < P_CLEAN, 0, tf.where(draw < P_CLEAN + P_SCAN, 1, 2))
-  corners = _page_corners(seed, box, out_size, mode, k)
+  if corners is None:
+    corners = _page_corners(seed, box, out_size, mode, k)
+  else:
+    mode, corners = tf.constant(2), tf.cast(corners, tf.float32)
   doc, mask = _place(page, box, corners, out_size)
   if other is None:
     other, other_box = page, box
   lid = tf.ones([out_size, out_size, 3]) * tf.where(_u(seed, 51) < 0.75, 245.0, 30.0)
-  bg = tf.where(mode == 1, lid, _background(seed, out_size, other, tf.cast(other_box, tf.float32)))
+  bg = tf.where(mode == 1, lid, _background(seed, out_size, other, tf.cast(other_box, tf.float32),
+                                            paper_prob, clutter))
   x = mask * doc + (1.0 - mask) * bg
 
   def photo(v):

@@ -63,11 +63,15 @@ class MobileNetV2(nn.Module):
   # no gradient into them (fine-tuning keeps the ImageNet low-level features, and the backward
   # pass skips the high-resolution layers, which cost most on a CPU).
   frozen_features: int = 0
+  # Feature taps (issue 15's corner detector): when set, returns [output of features_k for k in
+  # feature_taps] and stops after the last one (blocks after it get no parameters).
+  feature_taps: tuple = ()
 
   @nn.compact
   def __call__(self, x, train=False):
     kw = dict(dtype=self.dtype, depthwise_impl=self.depthwise_impl, conv_impl=self.conv_impl)
     frozen = self.frozen_features
+    taps = []
     x = conv_bn_relu6(x, train and frozen <= 0, 'features_0_0', 'features_0_1',
                       make_divisible(32 * self.width), 3, 2, **kw)
     i = 1
@@ -87,6 +91,10 @@ class MobileNetV2(nn.Module):
                           depthwise=True, **kw)
         y = conv_bn_relu6(y, train_block, f'{p}{j + 1}', f'{p}{j + 2}', c_out, relu=False, **kw)
         x = x + y if stride == 1 and c_in == c_out else y
+        if i in self.feature_taps:
+          taps.append(x)
+          if i == max(self.feature_taps):
+            return taps
         i += 1
     last = make_divisible(1280 * max(1.0, self.width))
     if i <= frozen:
