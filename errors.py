@@ -15,6 +15,11 @@ class DataError(ValueError):
   """A user-data problem (missing dataset, empty folder, a single class): one line."""
 
 
+class LabelsChanged(DataError):
+  """A resume whose training data would map labels to other classes than the checkpoint was
+  trained with (a type folder added or removed, another template set): refused, not relabelled."""
+
+
 class InputError(ValueError):
   """Bad user input to the inference tools (file, folder, label, registry, option): one line."""
 

@@ -6,13 +6,13 @@ evaluation, loop.
 import contextlib
 import functools
 import json
-import os
 import re
 import time
 
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
@@ -29,9 +29,9 @@ from input_pipeline import train_data
 from losses import distill
 from losses import margin
 from losses import partial_fc
+from models import pretrained
 from models import teacher as teacher_lib
 from models.embedder import build_model
-from tools import convert_torch_weights
 import workdir as workdir_lib
 
 
@@ -286,18 +286,22 @@ def jit_train_step(config, model, tx, lr_fn, num_classes, mesh, shardings, teach
       out_shardings=(shardings, replicated), donate_argnums=(0,))
 
 
+def checkpoint_dir(workdir):
+  """workdir/checkpoints as orbax takes it: an epath.Path, absolute when local, gs://... as is."""
+  return epath.Path(file_io.resolve(workdir)) / 'checkpoints'
+
+
 def create_checkpoint_manager(config, workdir):
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.keep_checkpoints, create=True,
       enable_async_checkpointing=config.async_checkpointing)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def latest_checkpoint_step(workdir):
   """The newest finished step in workdir/checkpoints, read without creating anything; 0 if none."""
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
+  directory = checkpoint_dir(workdir)
+  if not file_io.isdir(str(directory)):
     return 0
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
   return manager.latest_step() or 0
@@ -321,7 +325,7 @@ def restore_latest(manager, state, shardings):
 
 def write_config(config, workdir):
   """config.json next to the checkpoints (inference rebuilds the model from it); atomic."""
-  file_io.write_bytes_atomic(os.path.join(workdir, 'config.json'),
+  file_io.write_bytes_atomic(file_io.join(workdir, 'config.json'),
                              config.to_json_best_effort(indent=2).encode())
 
 
@@ -346,7 +350,7 @@ def stop_if_disk_full(manager, step):
     while clean_checks < 2 and time.time() < deadline:
       workdir_lib.clean_orbax_temps(ckpt_dir)
       time.sleep(0.3)
-      left = [n for n in os.listdir(ckpt_dir) if workdir_lib.ORBAX_TMP in n]
+      left = [n for n in file_io.listdir(ckpt_dir) if workdir_lib.ORBAX_TMP in n]
       clean_checks = 0 if left else clean_checks + 1
     manager.reload()
     raise RunStopped(f'disk full while saving the checkpoint of step {step} in {manager.directory}; '
@@ -385,15 +389,17 @@ def _train_and_evaluate(config, workdir, cleanup):
   lr_fn = create_learning_rate_fn(config)
   tx = create_optimizer(config, lr_fn)
   if jax.process_index() == 0:  # saves that never finished; we hold the workdir lock
-    workdir_lib.clean_orbax_temps(os.path.join(os.path.abspath(workdir), 'checkpoints'))
+    workdir_lib.clean_orbax_temps(str(checkpoint_dir(workdir)))
   start_step = latest_checkpoint_step(workdir)
 
   # ---- Input ----
-  make_input = lambda step: train_data.create_train_iterator(
+  make_input = lambda step, classes=None: train_data.create_train_iterator(
       config, start_step=step, process_index=jax.process_index(),
-      process_count=jax.process_count())
-  train_iter, num_classes = make_input(start_step)
+      process_count=jax.process_count(), classes=classes)
+  classes = []  # label <-> class per source, kept beside the checkpoints (workdir.py)
+  train_iter, num_classes = make_input(start_step, classes)
   logging.info('Training on %d classes', num_classes)
+  workdir_lib.check_classes(workdir, classes, start_step)
   if num_classes < 2:  # one class: the margin softmax is 0 with zero gradient, nothing is learnt
     raise DataError(f'the training data has {num_classes} class: a model learns nothing from one '
                     'class. Add document types (folder: one sub-folder per type; pdf: more pages '
@@ -424,7 +430,7 @@ def _train_and_evaluate(config, workdir, cleanup):
   state, shardings = create_train_state(config, model, tx, init_rng, num_classes, mesh,
                                         teacher_dim)
   if config.model.pretrained and not start_step:  # ImageNet init of the backbone (issue 5)
-    variables = convert_torch_weights.init_backbone_from_pretrained(
+    variables = pretrained.init_backbone_from_pretrained(
         {'params': state.params['model'], 'batch_stats': state.batch_stats},
         config.model.backbone, config.model.pretrained)
     state = jax.device_put(state.replace(params=dict(state.params, model=variables['params']),
@@ -445,6 +451,7 @@ def _train_and_evaluate(config, workdir, cleanup):
   # Only now, with the run known to start or resume cleanly: config.json and the event files.
   if jax.process_index() == 0:
     write_config(config, workdir)
+    workdir_lib.write_classes(workdir, classes)
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   cleanup.callback(writer.close)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['model']))

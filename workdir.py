@@ -11,7 +11,11 @@
   said in the log, and the next older step is tried.
 - `check_free_space` / `is_disk_full`: refuse to start, or stop in one line, when a checkpoint
   cannot be written; the last good checkpoint is never touched.
-Local paths (os, fcntl), like train.py's checkpoint manager.
+- `check_classes` / `write_classes`: `classes.json` keeps the class list (label <-> class, per
+  source) the checkpoints were trained with; a resume whose data maps labels otherwise stops in
+  one line (LabelsChanged) instead of training on silently relabelled data.
+The workdir may be local or `gs://...`: every path goes through file_io (there is no fcntl lock
+on an object store, and it does not fill up).
 """
 import contextlib
 import errno
@@ -27,18 +31,19 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
-from errors import RunStopped, WorkdirLocked
+from errors import LabelsChanged, RunStopped, WorkdirLocked
+import file_io
 
 LOCK_NAME = 'trainer.lock'
 CORRUPT_DIR = 'corrupt_checkpoints'
 ORBAX_TMP = '.orbax-checkpoint-tmp'
 # Written by every finished orbax save of train.py's StandardSave (step folder, item 'default').
 REQUIRED_FILES = ('_CHECKPOINT_METADATA', 'default/_METADATA', 'default/manifest.ocdbt')
+COMMIT_FILE = 'commit_success.txt'  # orbax's "save finished" mark on GCS (no atomic rename there)
 
 
 # ---- one trainer per workdir ----
-def is_remote(path):
-  return '://' in str(path)
+is_remote = file_io.is_remote
 
 
 def _pid_alive(pid):
@@ -128,12 +133,17 @@ def lock(workdir):
 
 # ---- checkpoint folder faults ----
 def clean_orbax_temps(checkpoint_dir):
-  """Removes the temp folders of saves that never finished (we hold the workdir lock)."""
-  if not os.path.isdir(checkpoint_dir):
+  """Removes the temp folders of saves that never finished (we hold the workdir lock). On GCS
+  orbax writes into the step folder itself and marks it done with commit_success.txt last, so
+  there an unfinished save is a step folder without that file."""
+  if not file_io.isdir(checkpoint_dir):
     return
-  for name in sorted(os.listdir(checkpoint_dir)):
-    if ORBAX_TMP in name:
-      shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
+  for name in file_io.listdir(checkpoint_dir):
+    unfinished = ORBAX_TMP in name or (
+        file_io.is_remote(checkpoint_dir) and name.isdigit() and
+        not file_io.exists(file_io.join(checkpoint_dir, name, COMMIT_FILE)))
+    if unfinished:
+      file_io.rmtree(file_io.join(checkpoint_dir, name))
       logging.warning('Removed %s/%s, left by a checkpoint save that did not finish',
                       checkpoint_dir, name)
 
@@ -150,11 +160,11 @@ def _arrays_of(tree):
 def _check_step(step_dir, abstract):
   """None if the step looks whole and fits `abstract`; 'corrupt: ...' or 'mismatch: ...'."""
   for rel in REQUIRED_FILES:
-    p = os.path.join(step_dir, rel)
-    if not os.path.isfile(p) or not os.path.getsize(p):
+    p = file_io.join(step_dir, rel)
+    if not file_io.isfile(p) or not file_io.getsize(p):
       return f'corrupt: {rel} is missing or empty'
   try:
-    meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, 'default'))
+    meta = ocp.StandardCheckpointer().metadata(file_io.join(step_dir, 'default'))
     stored = _arrays_of(getattr(meta, 'item_metadata', meta))
   except Exception as e:  # pylint: disable=broad-except  (orbax/json/tensorstore types vary)
     return f'corrupt: unreadable metadata ({type(e).__name__}: {str(e).splitlines()[0][:120]})'
@@ -183,10 +193,10 @@ def quiet_asyncio():
 
 
 def _move_aside(checkpoint_dir, step):
-  dest_root = os.path.join(os.path.dirname(checkpoint_dir), CORRUPT_DIR)
-  os.makedirs(dest_root, exist_ok=True)
-  dest = os.path.join(dest_root, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-  shutil.move(os.path.join(checkpoint_dir, str(step)), dest)
+  dest_root = file_io.join(os.path.dirname(checkpoint_dir.rstrip('/')), CORRUPT_DIR)
+  file_io.makedirs(dest_root)
+  dest = file_io.join(dest_root, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+  file_io.move(file_io.join(checkpoint_dir, str(step)), dest)
   return dest
 
 
@@ -195,7 +205,7 @@ def restore_newest_intact(manager, abstract):
   none. Corrupt steps are moved aside (said in the log); a config change stops the run."""
   directory = str(manager.directory)
   for step in sorted(manager.all_steps(), reverse=True):
-    problem = _check_step(os.path.join(directory, str(step)), abstract)
+    problem = _check_step(file_io.join(directory, str(step)), abstract)
     if problem and problem.startswith('mismatch'):
       raise RunStopped(f'checkpoint at step {step} in {directory} does not fit this config (model '
                        f'or number of classes changed?): {problem[10:]}. Use a new --workdir, '
@@ -211,6 +221,50 @@ def restore_newest_intact(manager, abstract):
     logging.warning('Checkpoint at step %d in %s is %s. Moved to %s; trying the next older step.',
                     step, directory, problem, dest)
   return 0, None
+
+
+# ---- the class list the checkpoints were trained with ----
+CLASSES_NAME = 'classes.json'
+
+
+def _class_list_change(stored, current):
+  """None if both lists map every label to the same class, else what differs (one line)."""
+  src = lambda lst: [r['source'] for r in lst]
+  if src(stored) != src(current):
+    return f'sources were {src(stored)}, now {src(current)}'
+  for old, new in zip(stored, current):
+    where = f"source {new['source']!r}"
+    if old['num_classes'] != new['num_classes']:
+      detail = ''
+      if old.get('names') and new.get('names'):
+        added = sorted(set(new['names']) - set(old['names']))
+        removed = sorted(set(old['names']) - set(new['names']))
+        detail = f' (added: {added[:3]}{"..." if len(added) > 3 else ""}; removed: ' \
+                 f'{removed[:3]}{"..." if len(removed) > 3 else ""})'
+      return f"{where} had {old['num_classes']} classes, now {new['num_classes']}{detail}"
+    if old.get('names') and new.get('names') and old['names'] != new['names']:
+      k = next(i for i, (a, b) in enumerate(zip(old['names'], new['names'])) if a != b)
+      return f"{where}: label {old['first_label'] + k} was {old['names'][k]!r}, now {new['names'][k]!r}"
+  return None
+
+
+def check_classes(workdir, classes, step):
+  """At a resume (step > 0): LabelsChanged unless `classes` (train_data's records) maps labels as
+  the stored classes.json does. A workdir from before the class list was kept is not checked."""
+  path = file_io.join(workdir, CLASSES_NAME)
+  if not step or not file_io.exists(path):
+    return
+  stored = file_io.read_json(path, 'class list').get('sources', [])
+  change = _class_list_change(stored, classes)
+  if change:
+    raise LabelsChanged(
+        f'the training data maps labels differently from the checkpoint at step {step} '
+        f'({path}): {change}. Resuming would train it on relabelled classes; restore the data '
+        'as it was, or train in a new --workdir.')
+
+
+def write_classes(workdir, classes):
+  file_io.write_json_atomic(file_io.join(workdir, CLASSES_NAME), {'sources': classes})
 
 
 # ---- disk space ----

@@ -70,7 +70,7 @@ def write_pretrained_start(config, workdir):
   from input_pipeline import synthetic  # pylint: disable=import-outside-toplevel
   from models import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
   from models.embedder import build_model  # pylint: disable=import-outside-toplevel
-  from tools import convert_torch_weights as convert  # pylint: disable=import-outside-toplevel
+  from models import pretrained as convert  # pylint: disable=import-outside-toplevel
   mesh = train.create_mesh(config)
   model = build_model(config.model)
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config))

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from absl import logging
 
+import file_io
 from evaluation import labelled_folder
 from evaluation import verification
 from input_pipeline import rendered
@@ -30,7 +31,7 @@ def build_eval_sets(config):
       sets.append((name, images, labels, is_register))
     else:
       root = name.split(':', 1)[1]
-      if config.get('eval_missing_folders', 'error') == 'skip' and not os.path.isdir(root):
+      if config.get('eval_missing_folders', 'error') == 'skip' and not file_io.isdir(root):
         logging.warning('eval set %s: no such folder, left out (eval_missing_folders=skip)', root)
         continue
       images, labels, is_register, skipped = labelled_folder.load_labelled_folder(

@@ -20,11 +20,13 @@ tf.data's `skip` because a folder of files gives random access for free.
 import concurrent.futures
 import dataclasses
 import os
+import posixpath
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
+import file_io
 from input_pipeline import augment as augment_lib
 from input_pipeline import image_io
 
@@ -41,6 +43,7 @@ class ScanReport:
   num_classes: int
   num_images: int
   skipped: list  # [(path, reason)]
+  class_names: list = dataclasses.field(default_factory=list)  # label -> key (type, leaf, image)
 
   def summary(self):
     lines = [f'{self.root}: {self.num_classes} classes, {self.num_images} images, '
@@ -53,13 +56,14 @@ class ScanReport:
 
 
 def list_files(root):
-  """Sorted relative paths of all files under root (hidden files and folders ignored)."""
+  """Sorted relative paths ('/'-separated) of all files under root, local or gs://... (hidden
+  files and folders ignored)."""
   found = []
-  for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    for name in sorted(filenames):
-      if not name.startswith('.'):
-        found.append(os.path.relpath(os.path.join(dirpath, name), root))
+  for dirpath, _, filenames in file_io.walk(root):
+    rel_dir = os.path.relpath(dirpath, root) if not file_io.is_remote(root) else \
+        dirpath[len(root.rstrip('/')):].strip('/')
+    for name in filenames:
+      found.append(posixpath.normpath(posixpath.join(rel_dir.replace(os.sep, '/'), name)))
   return found
 
 
@@ -71,17 +75,17 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
   """
   if label_mode not in LABEL_MODES:
     raise image_io.DataError(f'label_mode={label_mode!r}: expected one of {LABEL_MODES}')
-  if not os.path.isdir(root):
+  if not file_io.isdir(root):
     raise image_io.DataError(
         f'folder source: {root!r} is not a directory. Set config.data.folder.root to a '
         'folder root/<type>/<image>.jpg, one sub-folder per document type.')
-  types = sorted(d for d in os.listdir(root)
-                 if os.path.isdir(os.path.join(root, d)) and not d.startswith('.'))
+  types = sorted(d for d in file_io.listdir(root)
+                 if not d.startswith('.') and file_io.isdir(file_io.join(root, d)))
   files = list_files(root)
   skipped = []
   candidates = []
   for rel in files:
-    if os.sep not in rel:
+    if '/' not in rel:
       skipped.append((rel, 'not inside a type folder (expected root/<type>/<image>)'))
     elif not rel.lower().endswith(IMAGE_EXTENSIONS):
       skipped.append((rel, 'not an image file extension'))
@@ -91,7 +95,7 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
     raise image_io.DataError(
         f'folder source: no images under {root!r} (found {len(files)} files, {len(types)} '
         'type folders). Prepare root/<type>/<image>.jpg, one sub-folder per document type.')
-  check = lambda rel: image_io.inspect_image(os.path.join(root, rel), max_pixels=max_pixels,
+  check = lambda rel: image_io.inspect_image(file_io.join(root, rel), max_pixels=max_pixels,
                                              full=(verify == 'full'))
   # Pillow releases the GIL while decoding: threads make the start-up check parallel.
   with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
@@ -104,24 +108,24 @@ def scan_folder(root, *, label_mode='type', max_pixels=100_000_000, verify='full
       skipped.append((rel, reason))
   per_type = {t: 0 for t in types}
   for rel in good:
-    per_type[rel.split(os.sep, 1)[0]] += 1
+    per_type[rel.split('/', 1)[0]] += 1
   empty = [t for t, n in per_type.items() if n == 0]
   if empty:
     raise image_io.DataError(
         f'folder source {root!r}: type folder(s) {empty} hold no usable image '
         f'({len(skipped)} files skipped). Add images or remove the folder(s).')
   if label_mode == 'type':
-    keys = [rel.split(os.sep, 1)[0] for rel in good]
+    keys = [rel.split('/', 1)[0] for rel in good]
   elif label_mode == 'leaf':
-    keys = [os.path.dirname(rel) for rel in good]
+    keys = [posixpath.dirname(rel) for rel in good]
   else:
     keys = good
   names = sorted(set(keys))
   index = {k: i for i, k in enumerate(names)}
   labels = np.array([index[k] for k in keys], np.int64)
   num_classes = len(names) * (NUM_VIEWS if label_mode == 'view' else 1)
-  report = ScanReport(root, num_classes, len(good), sorted(skipped))
-  paths = [os.path.join(root, rel) for rel in good]
+  report = ScanReport(root, num_classes, len(good), sorted(skipped), names)
+  paths = [file_io.join(root, rel) for rel in good]
   return paths, labels, num_classes, report
 
 
@@ -214,10 +218,12 @@ def file_source(paths, labels, num_classes, source_config, *, image_size, seed, 
 
 
 def make_source(source_config, *, image_size, seed, process_index=0, process_count=1,
-                start_index=0, augment_config=None):
+                start_index=0, augment_config=None, classes=None):
   """The 'folder' source: (dataset of {'image': uint8 [S, S, 3], 'label': int32}, num_classes).
 
   source_config: root, label_mode, verify ('full' | 'header'), max_pixels, decode_max_side.
+  classes: a list that, when given, receives the class names in label order (the folder keys;
+  with label_mode 'view' each image key stands for its 24 view-classes).
   """
   label_mode = source_config.get('label_mode', 'type')
   paths, labels, num_classes, report = scan_folder(
@@ -225,6 +231,8 @@ def make_source(source_config, *, image_size, seed, process_index=0, process_cou
       max_pixels=int(source_config.get('max_pixels', 100_000_000)),
       verify=source_config.get('verify', 'full'))
   logging.info('folder source %s', report.summary())
+  if classes is not None:
+    classes.extend(report.class_names)
   return file_source(paths, labels, num_classes, source_config, image_size=image_size,
                      seed=seed, process_index=process_index, process_count=process_count,
                      start_index=start_index, augment_config=augment_config,

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from errors import DataError  # noqa: F401  (raised by every input_pipeline source)
+import file_io
 
 
 # A truncated file must be an error, never a half-grey image silently trained on.
@@ -93,10 +94,11 @@ def inspect_image(path, *, max_pixels=100_000_000, full=True):
   start); full=False only parses the header.
   """
   try:
-    with open(path, 'rb') as f:
-      data = f.read()
+    data = file_io.read_bytes(path)
   except OSError as e:
     return f'unreadable ({e.strerror})'
+  except Exception as e:  # pylint: disable=broad-except  (tf.errors.* for a gs:// path)
+    return f'unreadable ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ""})'
   try:
     if full:
       load_rgb(data, max_side=256, max_pixels=max_pixels)

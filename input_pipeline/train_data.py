@@ -49,7 +49,7 @@ def _paperwork_dataset(config, start_index, process_index, local_batch, global_b
     logging.warning('paperwork: %d templates skipped (could not be laid out)', len(docs.failures))
   ds = _capture_indices(start_index, process_index, local_batch, global_batch)
   ds = ds.map(docs.example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds, docs.num_classes
+  return ds, docs.num_classes, docs.template_ids  # the templates that rendered, in label order
 
 
 # ---- distillation (issue 5): 'teacher_image', the un-augmented view at the teacher's size ----
@@ -94,8 +94,14 @@ def _synthetic_teacher_view(docs, config):
   return lambda index: add_view(index, docs.example(index))
 
 
-def create_train_iterator(config, *, start_step, process_index=0, process_count=1):
-  """(iterator of numpy batches {'image': uint8 [b, H, W, 3], 'label': int32 [b]}, num_classes)."""
+def create_train_iterator(config, *, start_step, process_index=0, process_count=1, classes=None):
+  """(iterator of numpy batches {'image': uint8 [b, H, W, 3], 'label': int32 [b]}, num_classes).
+
+  classes: a list that, when given, receives one record per source, in label order: {'source',
+  'first_label', 'num_classes', 'names'} where names (class k of the source -> a key that names
+  it: template id, folder key) is given where the source knows it and None otherwise. train.py
+  keeps it with the checkpoints and refuses a resume whose data would map labels differently.
+  """
   global_batch = config.batch_size
   local_batch = global_batch // process_count
   sources = tuple(config.data.sources)
@@ -112,19 +118,31 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
   # Each source is a per-process stream; mixing gives source s a fixed quota of every batch,
   # so where each stream resumes is known from start_step alone (see input_pipeline/mixing.py).
   starts = mixing.consumed_before(config.data.weights, local_batch, start_step)
-  streams, class_counts = [], []
+  streams, class_counts, names = [], [], []
   for name, start in zip(sources, starts):
+    source_names = []
     if name == 'synthetic':
       ds, n = _synthetic_dataset(config, start, process_index, local_batch, global_batch)
+      source_names = [f'template {int(t)}' for t in synthetic.train_templates(config.data.synthetic)]
     elif name == 'paperwork':
-      ds, n = _paperwork_dataset(config, start, process_index, local_batch, global_batch)
+      ds, n, template_ids = _paperwork_dataset(config, start, process_index, local_batch,
+                                               global_batch)
+      source_names = [f'template {int(t)}' for t in template_ids]
     else:
+      kwargs = {'classes': source_names} if name == 'folder' else {}
       ds, n = _FILE_SOURCES[name].make_source(
           config.data[name], image_size=config.data.image_size, seed=config.seed,
           process_index=process_index, process_count=process_count, start_index=start,
-          augment_config=config.data.augment)
+          augment_config=config.data.augment, **kwargs)
     streams.append(ds)
     class_counts.append(n)
+    names.append(source_names or None)
+  if classes is not None:
+    first = 0
+    for name, n, source_names in zip(sources, class_counts, names):
+      classes.append({'source': name, 'first_label': first, 'num_classes': int(n),
+                      'names': source_names})
+      first += int(n)
   ds, num_classes = mixing.mix(streams, class_counts, config.data.weights,
                                local_batch=local_batch, start_step=start_step, seed=config.seed)
   ds = ds.batch(local_batch, drop_remainder=True)

@@ -26,7 +26,7 @@ def create_backbone(model_config, dtype):
     return LCNet(scale=model_config.width, dtype=dtype, **impls)
   if name == 'resnet':
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
-  # issue 5 (localized): backbones with published ImageNet weights (tools/convert_torch_weights.py)
+  # issue 5 (localized): backbones with published ImageNet weights (models/pretrained.py)
   if name == 'mobilenet_v2':
     return MobileNetV2(width=model_config.width, dtype=dtype,
                        frozen_features=model_config.get('frozen_features', 0), **impls)

