@@ -101,7 +101,7 @@ def build_detector(model_config):
 def init_from_imagenet(variables, source):
   """The detector's variables with its trunk replaced by ImageNet MobileNetV2 weights (the
   blocks up to the last tap; the rest of the published network is not used)."""
-  from tools import convert_torch_weights as cw  # pylint: disable=import-outside-toplevel
+  from models import pretrained as cw  # pylint: disable=import-outside-toplevel
   full = cw.convert_state_dict('mobilenet_v2', cw.read_torch_state_dict(
       cw.resolve_weight_source(source)))
   out = {k: dict(v) for k, v in variables.items()}
