@@ -70,11 +70,16 @@ def update_registry(path, model, change, create=False):
   return reg, result
 
 
-def embed_files(args, model, paths, skip_unreadable=False):
+def embed_files(args, model, paths, skip_unreadable=False, uncertainty=False):
+  """(loaded images, embeddings) and, with uncertainty=True, the log-variances of the model's
+  uncertainty head (None without one) as a third item."""
   loaded = images_lib.load_images(paths, model.preprocessing, skip_unreadable=skip_unreadable,
                                   progress=progress_fn(args, 'load'))
   for path, why in loaded.skipped:
     print(f'skipped: {why}', file=sys.stderr)
+  if uncertainty:
+    return (loaded,) + model.embed_with_uncertainty(loaded.images,
+                                                    progress=progress_fn(args, 'embed'))
   return loaded, model.embed(loaded.images, progress=progress_fn(args, 'embed'))
 
 
@@ -133,8 +138,14 @@ def cmd_classify(args):
   model = load_model(args)
   reg = load_registry(args.registry, model)
   paths = images_lib.expand_inputs(args.inputs)
-  loaded, emb = embed_files(args, model, paths, skip_unreadable=True)
-  answers = reg.classify_embeddings(emb, args.top_k, args.type, args.threshold) if len(emb) else []
+  loaded, emb, log_var = embed_files(args, model, paths, skip_unreadable=True, uncertainty=True)
+  answers = reg.classify_embeddings(emb, args.top_k, args.type, args.threshold,
+                                    *reg.uncertainty_args(model, log_var)) if len(emb) else []
+  if log_var is not None and reg.calibration.get('uncertainty_fingerprint') != \
+      model.uncertainty_fingerprint:
+    print('warning: the registry\'s calibration did not set an "unsure" level for this model\'s '
+          'uncertainty head (run calibrate): uncertainties are reported, never "unsure"',
+          file=sys.stderr)
   if reg.threshold is None and args.threshold is None:
     print('warning: registry not calibrated: every answer passes (run calibrate)', file=sys.stderr)
   check = reg.calibration_check() if args.threshold is None else None
@@ -147,7 +158,8 @@ def cmd_classify(args):
     for path, a in zip(loaded.paths, answers):
       alts = ', '.join(f'{t["label"]} {t["score"]:.3f}' for t in a['top_k'][1:])
       print(f'{path}\t{a["label"]}\t{a["score"]:.4f}' + ('' if a['accepted'] else
-            f'\t(nearest {a["nearest"]})') + (f'\t[{alts}]' if alts else ''))
+            f'\t(nearest {a["nearest"]})') + (f'\t[{alts}]' if alts else '')
+            + (f'\tuncertainty {a["uncertainty"]:.3f}' if 'uncertainty' in a else ''))
   if loaded.skipped:
     print(f'{len(loaded.skipped)} file(s) skipped', file=sys.stderr)
 
@@ -159,26 +171,36 @@ def labelled_folder(args, model):
     items = [(label, path) for path, label, _ in rows]
   else:
     items = images_lib.scan_registration_tree(args.data)
-  loaded, emb = embed_files(args, model, [p for _, p in items], skip_unreadable=True)
+  loaded, emb, log_var = embed_files(args, model, [p for _, p in items], skip_unreadable=True,
+                                     uncertainty=True)
   label_of = dict((p, l) for l, p in items)
-  return loaded, emb, [label_of[p] for p in loaded.paths]
+  return loaded, emb, [label_of[p] for p in loaded.paths], log_var
 
 
 def cmd_calibrate(args):
-  from inference.calibration import calibrate_registry
-  from inference.registry import pixel_hash
+  from inference.calibration import calibrate_registry, calibrate_unsure
+  from inference.registry import capture_uncertainty, pixel_hash
   model = load_model(args)
   reg = load_registry(args.registry, model)  # refuse a bad registry before embedding
+  log_var = None
   if args.data:
-    loaded, emb, labels = labelled_folder(args, model)
+    loaded, emb, labels, log_var = labelled_folder(args, model)
     hashes = [pixel_hash(im) for im in loaded.images]
   elif reg.calibration_set is not None:  # the captures of the last calibration, kept in the file
     emb, labels, hashes = reg.calibration_set
   else:
     raise InputError('calibrate: give --data (labelled captures, including types that are not '
                      'registered); this registry holds no earlier calibration captures')
-  _, result = update_registry(args.registry, model, lambda reg: calibrate_registry(
-      reg, emb, labels, hashes, target_far=args.far))
+  def change(reg):
+    unsure = {k: v for k, v in reg.calibration.items() if 'unsure' in k or 'uncertainty' in k}
+    result = calibrate_registry(reg, emb, labels, hashes, target_far=args.far)
+    if log_var is not None:  # the model has an uncertainty head: set the 'unsure' level too
+      calibrate_unsure(reg, capture_uncertainty(log_var), model.uncertainty_fingerprint,
+                       args.unsure_share)
+    else:  # re-calibrated from the stored captures: the last 'unsure' level stays
+      reg.calibration.update(unsure)
+    return dict(reg.calibration)
+  _, result = update_registry(args.registry, model, change)
   lo, hi = result['rate_ci95']
   text = (f'threshold {result["threshold"]:.4f} for a false-accept rate of {args.far:g} per '
           f'unregistered capture against {result["registry_entries"]} entries: '
@@ -190,10 +212,18 @@ def cmd_calibrate(args):
   if 'pair_threshold' in result:
     text += (f'\n(pair figure: {result["pair_threshold"]:.4f} would let {args.far:g} of '
              f'{result["pair_impostor_pairs"]} different-type pairs through)')
+  if 'unsure_threshold' in result:
+    text += (f'\nunsure above uncertainty {result["unsure_threshold"]:.4f} (the most uncertain '
+             f'{result["unsure_share"]:g} of the calibration captures)')
+  if result.get('crossfit_splits'):
+    p_lo, p_hi = result['predicted_rate_range95']
+    text += (f'\npredicted rate on types never seen: {result["predicted_rate"]:.3g} '
+             f'(95% range over {result["crossfit_splits"]} splits of the '
+             f'{result["calibration_types"]} calibration types: {p_lo:.3g}-{p_hi:.3g})')
   if not result['resolved']:
-    text += (f'\nwarning: {result["unknown_trials"]} captures cannot resolve a rate of '
-             f'{args.far:g}: the threshold is the highest score seen; label at least '
-             f'{result["needed_captures"]} captures (10x that for a tight interval)')
+    text += (f'\nwarning: this calibration set cannot resolve a rate of {args.far:g}: '
+             f'{result["unresolved_reason"]}. Label captures of more types (at least '
+             f'{result["needed_captures"]} captures)')
   emit(args, result, text)
 
 
@@ -214,16 +244,38 @@ def cmd_remove(args):
 
 
 def cmd_evaluate(args):
+  from inference import evaluate as evaluate_lib
   from inference.evaluate import draw_roc_png, evaluate_embeddings, roc_curve
+  from inference.registry import capture_uncertainty
   model = load_model(args)
   rows = images_lib.read_labels_csv(args.data)
-  loaded, emb = embed_files(args, model, [r[0] for r in rows], skip_unreadable=True)
+  loaded = images_lib.load_images([r[0] for r in rows], model.preprocessing,
+                                  skip_unreadable=True, progress=progress_fn(args, 'load'))
+  for _, why in loaded.skipped:
+    print(f'skipped: {why}', file=sys.stderr)
   meta = {r[0]: r for r in rows}
   labels = np.array([meta[p][1] for p in loaded.paths])
   is_register = np.array([meta[p][2] == 'register' for p in loaded.paths])
+  pixels = loaded.images
+  if args.degrade:  # registered images stay clean, as users register them; queries degraded
+    pixels = pixels.copy()
+    pixels[~is_register] = evaluate_lib.degraded_copies(pixels[~is_register], args.degrade_seed)
+  emb, log_var = model.embed_with_uncertainty(pixels, progress=progress_fn(args, 'embed'))
   out = {'data': args.data, 'model': model.fingerprint, 'model_source': model.source,
-         'images': len(labels), 'labels': int(len(set(labels))), 'skipped': len(loaded.skipped)}
-  out.update(evaluate_embeddings(emb, labels, is_register, model, args.fpr, args.folds))
+         'images': len(labels), 'labels': int(len(set(labels))), 'skipped': len(loaded.skipped),
+         'degraded_queries': bool(args.degrade)}
+  out.update(evaluate_embeddings(emb, labels, is_register, model, args.fpr, args.folds,
+                                 args.repeats))
+  if log_var is not None:
+    figures, curves = evaluate_lib.risk_coverage_figures(
+        emb, labels, is_register, capture_uncertainty(log_var), args.coverage)
+    out.update(figures)
+    if args.risk_png:
+      name = os.path.basename(os.path.normpath(args.data)) + (' degraded' if args.degrade else '')
+      evaluate_lib.draw_risk_coverage_png(curves, args.risk_png, name)
+      out['risk_coverage_png'] = args.risk_png
+  elif args.risk_png:
+    raise InputError('--risk-png: this model has no uncertainty head (configs/uncertainty.py)')
   if args.roc:
     draw_roc_png({os.path.basename(os.path.normpath(args.data)): roc_curve(emb, labels)}, args.roc)
     out['roc_png'] = args.roc
@@ -315,6 +367,9 @@ def build_parser():
                  'and of unregistered types (default: the captures of the last calibration)')
   s.add_argument('--far', '--fpr', dest='far', type=rate, default=1e-4,
                  help='target rate at which a capture of an unregistered type is accepted')
+  s.add_argument('--unsure-share', type=rate, default=0.05,
+                 help='with an uncertainty head: the share of (calibration) captures too '
+                      'uncertain to judge, answered "unsure"')
 
   command('list', cmd_list, 'List the labels of a registry.', model=False, registry=True)
   s = command('remove', cmd_remove, 'Remove a label (a type removes its sub-labels).',
@@ -328,6 +383,14 @@ def build_parser():
   s.add_argument('--fpr', '--far', dest='fpr', type=rate, default=1e-4,
                  help='open-set: target false-accept rate per unregistered capture')
   s.add_argument('--folds', type=positive_int, default=4, help='open-set: labels held out per fold')
+  s.add_argument('--repeats', type=positive_int, default=5,
+                 help='open-set: random fold assignments, pooled')
+  s.add_argument('--degrade', action='store_true',
+                 help='queries re-captured by the training capture ops at full strength')
+  s.add_argument('--degrade-seed', type=int, default=0)
+  s.add_argument('--coverage', type=rate, default=0.8,
+                 help='risk-coverage: the share of queries answered for error@coverage')
+  s.add_argument('--risk-png', help='with an uncertainty head: risk-coverage curves PNG here')
 
   s = command('export', cmd_export, 'Export embed() as jax.export and ONNX, parity-checked.')
   s.add_argument('--out', required=True, help='output folder')

@@ -25,16 +25,35 @@ class EmbeddingModel:
   source: str = ''       # where it was loaded from, for messages
   model_config: dict = dataclasses.field(default_factory=dict)
   variables: object = None  # {'params', 'batch_stats'} when loaded from a checkpoint (export)
+  # With an uncertainty head (issue 14, models/uncertainty.py): uint8 [B, S, S, 3] ->
+  # (float32 [B, D] rows L2-normalised, float32 [B, D] log sigma^2); None without one.
+  uncertain_fn: callable = None
+  uncertainty_fingerprint: str = ''  # hash of the head's parameters ('' without one)
+  uncertainty_variables: object = None  # the head's {'params', 'batch_stats'} (export)
+  uncertainty_config: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def has_uncertainty(self):
+    return self.uncertain_fn is not None
 
   def embed(self, images, batch_size=64, progress=None):
     """uint8 [N, S, S, 3] -> float32 [N, D] L2-normalised rows, in input order."""
+    return self._batched(self.batch_fn, images, batch_size, progress)[0]
+
+  def embed_with_uncertainty(self, images, batch_size=64, progress=None):
+    """(embeddings [N, D], log sigma^2 [N, D]); the second is None without an uncertainty head."""
+    if not self.has_uncertainty:
+      return self.embed(images, batch_size, progress), None
+    return self._batched(self.uncertain_fn, images, batch_size, progress)
+
+  def _batched(self, fn, images, batch_size, progress):
     images = np.asarray(images)
     size = self.preprocessing['image_size']
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
       raise ValueError(f'expected images [N, {size}, {size}, 3], got {list(images.shape)}')
     if images.dtype != np.uint8:
       images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    out = np.zeros((len(images), self.embed_dim), np.float32)
+    outs = None
     starts = range(0, len(images), batch_size)
     for start in (progress(starts) if progress else starts):
       chunk = images[start:start + batch_size]
@@ -42,8 +61,15 @@ class EmbeddingModel:
       padded_n = next((b for b in BATCH_BUCKETS if b >= n), n)
       if padded_n > n:
         chunk = np.concatenate([chunk, np.zeros((padded_n - n,) + chunk.shape[1:], np.uint8)])
-      out[start:start + n] = np.asarray(self.batch_fn(chunk))[:n]
-    return out
+      result = fn(chunk)
+      result = result if isinstance(result, (tuple, list)) else (result,)
+      if outs is None:
+        outs = [np.zeros((len(images), self.embed_dim), np.float32) for _ in result]
+      for out, r in zip(outs, result):
+        out[start:start + n] = np.asarray(r)[:n]
+    if outs is None:
+      outs = [np.zeros((0, self.embed_dim), np.float32)] * (2 if fn is self.uncertain_fn else 1)
+    return tuple(outs)
 
   def metadata(self):
     return {'fingerprint': self.fingerprint, 'embed_dim': self.embed_dim,

@@ -20,6 +20,7 @@ from errors import CorruptFileError, InputError
 import file_io
 from inference.embedding import EmbeddingModel, read_export_metadata
 from inference.images import default_preprocessing
+from models import uncertainty as uncertainty_lib
 from models.embedder import build_model
 
 EXPORT_STEM = 'embedder'  # export_dir/embedder.{jaxexport,onnx,json}
@@ -61,6 +62,59 @@ def from_variables(model_config, variables, image_size, *, preprocessing=None, s
       model_config=config_dict, variables=variables)
 
 
+def attach_uncertainty(model, head_config, head_variables, source=''):
+  """Adds a trained uncertainty head (models/uncertainty.py) to a JAX EmbeddingModel: classify
+  then reports each capture's uncertainty. The embedding, and so the fingerprint a registry
+  checks, is unchanged."""
+  if model.variables is None:
+    raise InputError(f'{source}: an uncertainty head needs the embedder\'s variables (a '
+                     'workdir or released model, not an export)')
+  head_config = dict(head_config)
+  head = uncertainty_lib.UncertaintyHead(**head_config)
+  head_variables = jax.tree.map(np.asarray, head_variables)
+  embedder = build_model(ml_collections.ConfigDict(model.model_config))
+  model.uncertain_fn = jax.jit(uncertainty_lib.make_embed_uncertain_fn(
+      embedder, model.variables, head, head_variables))
+  model.uncertainty_fingerprint = model_fingerprint(head_variables, head_config, {})
+  model.uncertainty_variables = head_variables
+  model.uncertainty_config = head_config
+  return model
+
+
+def head_config_of(training_config, embed_dim):
+  u = training_config.uncertainty
+  return {'embed_dim': int(embed_dim), 'hidden': int(u.hidden),
+          'init_log_var': float(u.init_log_var)}
+
+
+def load_uncertainty_workdir(workdir, config):
+  """A workdir of configs/uncertainty.py -> its frozen base model with the trained head."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from workdir import quiet_asyncio  # pylint: disable=import-outside-toplevel
+  base = load_model(config.uncertainty.base)
+  head_config = head_config_of(config, base.embed_dim)
+  size = base.preprocessing['image_size']
+  ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = manager.latest_step()
+  if step is None:
+    raise InputError(f'{ckpt_dir}: no finished checkpoint of the uncertainty head')
+  squeezed = jax.eval_shape(
+      lambda x: uncertainty_lib.embed_and_squeezed(
+          build_model(ml_collections.ConfigDict(base.model_config)), base.variables, x)[1],
+      jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
+  abstract = jax.eval_shape(lambda x: uncertainty_lib.UncertaintyHead(**head_config).init(
+      jax.random.PRNGKey(0), x), jax.ShapeDtypeStruct(squeezed.shape, jnp.float32))
+  target = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  with quiet_asyncio():
+    restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  manager.close()
+  base.source = f'{base.source} + uncertainty head {workdir} (step {step})'
+  return attach_uncertainty(base, head_config, restored, workdir)
+
+
 def abstract_variables(model_config, image_size):
   """Shapes/dtypes of {'params', 'batch_stats'} without allocating them."""
   model = build_model(model_config)
@@ -86,6 +140,8 @@ def load_checkpoint(workdir, step=None):
   import orbax.checkpoint as ocp  # imported here: the export/ONNX paths do not need it
   from workdir import quiet_asyncio
   config = read_workdir_config(workdir)
+  if config.get('task', 'embed') == 'uncertainty':
+    return load_uncertainty_workdir(workdir, config)
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(ckpt_dir):
     raise InputError(f'{workdir}: no checkpoints/ folder (training has not saved yet?)')
@@ -144,6 +200,9 @@ def load_jax_export(path):
 def load_model(path):
   """Dispatch on what `path` is: training workdir, export folder, .jaxexport or .onnx file."""
   if os.path.isdir(path):
+    from inference import released  # pylint: disable=import-outside-toplevel
+    if released.is_release(path):
+      return released.load_release(path)
     if os.path.isfile(os.path.join(path, 'config.json')):
       return load_checkpoint(path)
     for ext in ('.jaxexport', '.onnx'):

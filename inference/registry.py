@@ -28,8 +28,16 @@ from inference.search import EntryIndex
 
 FORMAT_VERSION = 1
 UNKNOWN = 'unknown'
+# The capture could not be judged (issue 14: its uncertainty is above the calibrated one): the
+# document may be registered, the photo is bad.
+UNSURE = 'unsure'
 # Two entries under different labels scoring above this are reported as near-duplicates.
 NEAR_DUPLICATE_SCORE = 0.995
+
+
+def capture_uncertainty(log_var):
+  """Per-capture uncertainty: the mean log sigma^2 over dimensions (models/uncertainty.py)."""
+  return np.asarray(log_var, np.float64).mean(axis=-1)
 
 
 def pixel_hash(image):
@@ -201,11 +209,14 @@ class Registry:
       self._index = EntryIndex(self.embeddings, backend)
     return self._index
 
-  def classify_embeddings(self, embeddings, top_k=1, restrict_type=None, threshold=None):
+  def classify_embeddings(self, embeddings, top_k=1, restrict_type=None, threshold=None,
+                          uncertainties=None, unsure_threshold=None):
     """Normalised query embeddings [Q, D] -> one answer dict per query (see module doc).
 
     restrict_type: only entries of that type (the type itself and its sub-labels) compete.
     threshold: overrides the calibrated one; None and uncalibrated means everything passes.
+    uncertainties: one number per query (models/uncertainty.py), reported in each answer; above
+    unsure_threshold the answer is UNSURE whatever the score.
     """
     if not len(self):
       raise InputError('registry is empty: register some types first')
@@ -225,6 +236,12 @@ class Registry:
       answers = [self._answer(s, i, labels, top_k, threshold) for s, i in zip(scores, idx)]
       short = any(len(a['top_k']) < top_k for a in answers)
       if not short or k_entries >= n_candidates:
+        if uncertainties is not None:
+          for a, u in zip(answers, np.asarray(uncertainties, np.float64)):
+            a['uncertainty'] = float(u)
+            a['unsure'] = bool(unsure_threshold is not None and u > unsure_threshold)
+            if a['unsure']:
+              a.update(label=UNSURE, type=None, sub_label=None, accepted=False)
         return answers
       k_entries = min(n_candidates, k_entries * 4)
 
@@ -249,8 +266,20 @@ class Registry:
 
   def classify(self, images, top_k=1, restrict_type=None, threshold=None, progress=None):
     pixels, _ = self._pixels(images, progress)
-    emb = self._require_model().embed(pixels)
-    return self.classify_embeddings(emb, top_k, restrict_type, threshold)
+    model = self._require_model()
+    emb, log_var = model.embed_with_uncertainty(pixels)
+    return self.classify_embeddings(
+        emb, top_k, restrict_type, threshold, *self.uncertainty_args(model, log_var))
+
+  def uncertainty_args(self, model, log_var):
+    """(uncertainties, unsure_threshold) for classify_embeddings: the capture uncertainties when
+    the model has a head; the unsure threshold only when it was calibrated with that head."""
+    if log_var is None:
+      return None, None
+    unc = capture_uncertainty(log_var)
+    if self.calibration.get('uncertainty_fingerprint') == model.uncertainty_fingerprint:
+      return unc, self.calibration.get('unsure_threshold')
+    return unc, None
 
   # ---- persistence ----
   def metadata(self):

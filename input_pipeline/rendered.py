@@ -189,3 +189,24 @@ def heldout_set(cfg, image_size):
   ds = tf.data.Dataset.from_tensor_slices((labels, indices)).map(
       docs.example_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return np.stack(list(ds.as_numpy_iterator())), labels, indices == 0
+
+
+def grouped_batches(docs, classes_per_batch, per_class, start_step, seed, process_index=0,
+                    process_count=1):
+  """Batches of `classes_per_batch` distinct templates x `per_class` captures each (the pairs a
+  pairwise loss needs), deterministic per step; each process gets its contiguous share."""
+  size = classes_per_batch * per_class
+  local = size // process_count
+  lo = process_index * local
+
+  def slots(step):
+    s = tf.stack([tf.constant(seed, tf.int64), step])
+    classes = tf.argsort(tf.random.stateless_uniform([docs.num_classes], s))[:classes_per_batch]
+    labels = tf.repeat(classes, per_class)
+    index = step * size + tf.range(size, dtype=tf.int64)
+    return tf.data.Dataset.from_tensor_slices((labels[lo:lo + local], index[lo:lo + local]))
+
+  return (tf.data.Dataset.range(start_step + 1, 2**62).flat_map(slots)
+          .map(lambda label, index: {'image': docs.example_of(label, index), 'label': label},
+               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(local, drop_remainder=True).prefetch(2))

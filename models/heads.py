@@ -29,6 +29,9 @@ class EmbeddingHead(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
                      name='squeeze_bn')(x)
     x = nn.hard_swish(x)
+    # The squeezed map, for the uncertainty head (models/uncertainty.py): a no-op unless
+    # applied with mutable=['intermediates'].
+    self.sow('intermediates', 'squeezed', x)
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     for i in range(2):
