@@ -7,12 +7,14 @@ Corner accuracy (`--methods`): for each frame of DIR/quads.csv (x0,y0..x3,y3, cl
 document's top-left, frame pixels), the mean corner error in % of the document's diagonal and
 whether the quad IoU is >= 0.9 (inference/quads.py), for
 - `detector`: the trained corner detector (models/corners.py), on the frame stretched to its square;
+- `detector+refine`: its quad with each side snapped to the strongest straight edge nearby
+  (inference/rectify.py `refine_quad`, classical, numpy);
 - `opencv`: the classical baseline, benchmark-only: the largest convex four-sided contour after
   Canny edges (`largest_quad_contour`), its corners ordered clockwise from the top-left-most one.
 Classification (`--classify`): the released embedder (or `--embedder`) on the registered clean
 templates (DIR/labels.csv role=register) and the frames, each frame embedded `whole`, rectified
 by the `detector` (inference/rectify.py: below --min_confidence or a degenerate quad, the whole
-frame), by the `opencv` quad, or by the true quad (`truth`: the ceiling); figures by
+frame), by the `refined` detector quad, by the `opencv` quad, or by the true quad (`truth`: the ceiling); figures by
 evaluation/verification.py (every pair: TPR@FPR, AUROC; top-1 of each frame against the
 registered templates), as `inference.cli evaluate` scores. One JSON line per result.
 """
@@ -104,7 +106,7 @@ def main(argv=None):
   p.add_argument('--data', default='../shared/data/midv_photos')
   p.add_argument('--detector', default='', help='detector release folder or training workdir')
   p.add_argument('--methods', default='detector,opencv')
-  p.add_argument('--classify', default='', help='comma list of whole,detector,opencv,truth')
+  p.add_argument('--classify', default='', help='comma list of whole,detector,refined,opencv,truth')
   p.add_argument('--embedder', default='', help='embedding model (default: the release)')
   p.add_argument('--min_confidence', type=float, default=0.5)
   args = p.parse_args(argv)
@@ -113,7 +115,7 @@ def main(argv=None):
   methods = [m for m in args.methods.split(',') if m]
   wanted = [c for c in args.classify.split(',') if c]
   predicted, detections = {}, None
-  if 'detector' in methods or 'detector' in wanted:
+  if {'detector', 'refined'} & set(methods + wanted):
     from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
     det = detector_lib.load_detector(args.detector or None)
     det.detect(rgbs[0])  # compile outside the timing
@@ -122,6 +124,11 @@ def main(argv=None):
     predicted['detector'] = ([d['quad'] for d in detections], time.perf_counter() - start)
     emit(dict(score('detector', predicted['detector'][0], frames, predicted['detector'][1]),
               detector=det.source, min_confidence_seen=round(min(d['confidence'] for d in detections), 4)))
+    start = time.perf_counter()
+    predicted['refined'] = ([rectify.refine_quad(rgb, q) for rgb, q in
+                             zip(rgbs, predicted['detector'][0])], time.perf_counter() - start)
+    emit(dict(score('detector+refine', predicted['refined'][0], frames,
+                    predicted['detector'][1] + predicted['refined'][1]), detector=det.source))
   if 'opencv' in methods or 'opencv' in wanted:
     start = time.perf_counter()
     found = [largest_quad_contour(rgb) for rgb in rgbs]
@@ -145,7 +152,8 @@ def main(argv=None):
       elif name == 'truth':
         views, used = [rectify.rectify(rgb, t) for rgb, (_, t) in zip(rgbs, frames)], len(rgbs) * [True]
       else:
-        conf = [d['confidence'] for d in detections] if name == 'detector' else len(rgbs) * [1.0]
+        conf = ([d['confidence'] for d in detections] if name in ('detector', 'refined')
+                else len(rgbs) * [1.0])
         pairs = [rectify.rectify_or_whole(rgb, {'quad': q, 'confidence': c}, args.min_confidence)
                  for rgb, q, c in zip(rgbs, predicted[name][0], conf)]
         views, used = [v for v, _ in pairs], [info['rectified'] for _, info in pairs]

@@ -103,3 +103,16 @@ def test_quad_scores():
   assert quads.quad_iou(square, square) == pytest.approx(1.0)
   assert quads.quad_iou(square, square + [5, 0]) == pytest.approx(1 / 3, abs=0.01)
   assert quads.corner_error_pct(square + [0, 1], square) == pytest.approx(100 / np.hypot(10, 10))
+
+
+def test_refine_snaps_a_rough_quad_to_the_document_edges():
+  doc = np.full((100, 160, 3), 230, np.uint8)
+  quad = np.array([[60.0, 40.0], [250.0, 70.0], [230.0, 190.0], [40.0, 150.0]])
+  rect = np.array([[0, 0], [160, 0], [160, 100], [0, 100]], np.float64)
+  coeffs = quads.homography(quad, rect).flatten()[:8]
+  photo = np.asarray(Image.fromarray(doc).transform((300, 240), Image.Transform.PERSPECTIVE,
+                                                    tuple(coeffs), Image.BILINEAR))
+  rough = quad + np.array([[5, -4], [-4, 5], [3, 4], [-5, -3]])
+  refined = rectify.refine_quad(photo, rough)
+  assert quads.corner_error_pct(refined, quad) < 0.5 * quads.corner_error_pct(rough, quad)
+  assert quads.quad_iou(refined, quad) > 0.97
