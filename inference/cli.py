@@ -10,6 +10,9 @@
 
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
 model folder; without it the released model (released/docembed-v1, README) is used.
+--rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
+along its detected document corners (released/corners-v1) before it is embedded; a registry
+records it and refuses the other kind.
 Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
 a registry file is only ever replaced whole, after the command succeeded.
 """
@@ -27,6 +30,7 @@ from inference import images as images_lib
 from inference import released
 
 PROGRESS_MIN_ITEMS = 32  # a progress bar only where a person would wait
+RECTIFYING_COMMANDS = ('embed', 'register', 'classify', 'calibrate', 'evaluate')
 
 
 def progress_fn(args, what):
@@ -74,7 +78,8 @@ def embed_files(args, model, paths, skip_unreadable=False, uncertainty=False):
   """(loaded images, embeddings) and, with uncertainty=True, the log-variances of the model's
   uncertainty head (None without one) as a third item."""
   loaded = images_lib.load_images(paths, model.preprocessing, skip_unreadable=skip_unreadable,
-                                  progress=progress_fn(args, 'load'))
+                                  progress=progress_fn(args, 'load'),
+                                  transform=getattr(args, 'rectifier', None))
   for path, why in loaded.skipped:
     print(f'skipped: {why}', file=sys.stderr)
   if uncertainty:
@@ -83,20 +88,54 @@ def embed_files(args, model, paths, skip_unreadable=False, uncertainty=False):
   return loaded, model.embed(loaded.images, progress=progress_fn(args, 'embed'))
 
 
+def use_rectification(args, model, registry=None):
+  """Issue 15: whether this command flattens each photo along its detected document corners
+  before embedding (inference/rectify.py): --rectify / --no-rectify, else what `registry` was
+  built with, else not. The choice goes into model.preprocessing, which a registry records and
+  checks, so rectified and whole-photo embeddings are never mixed."""
+  recorded = None
+  if registry and file_io.exists(registry):
+    from inference.registry import Registry
+    recorded = 'rectify' in Registry.load(registry).preprocessing
+  wanted = bool(recorded) if args.rectify is None else args.rectify
+  if recorded is not None and wanted != recorded:
+    kind = lambda rectified: 'rectified' if rectified else 'whole-photo'
+    raise InputError(f'{registry} holds {kind(recorded)} embeddings: mixing them with '
+                     f'{kind(wanted)} ones is not allowed (drop --{"no-" if recorded else ""}'
+                     'rectify, or register into a new registry)')
+  args.rectifier = None
+  if wanted:
+    from inference import detector as detector_lib
+    from inference import rectify
+    detector = detector_lib.load_detector(args.detector)
+    model.preprocessing = dict(model.preprocessing,
+                               rectify=rectify.rectify_record(detector, args.min_confidence))
+    args.rectifier = rectify.rectifier(detector, args.min_confidence)
+
+
+def rectified_count(loaded):
+  return sum(1 for info in loaded.infos if info and info['rectified'])
+
+
 # ---- subcommands ----
 def cmd_embed(args):
   model = load_model(args)
+  use_rectification(args, model)
   rows = images_lib.read_labels_csv(args.data)
   # Strict: the output has exactly one row per csv row, in csv order.
-  _, emb = embed_files(args, model, [r[0] for r in rows])
+  loaded, emb = embed_files(args, model, [r[0] for r in rows])
   write_with_atomic(args.out, lambda tmp: np.save(tmp, emb))
+  note = f', {rectified_count(loaded)} rectified' if args.rectifier else ''
   emit(args, {'out': args.out, 'rows': len(emb), 'dim': int(emb.shape[1]),
-              'fingerprint': model.fingerprint},
-       f'wrote {args.out}: {len(emb)} x {emb.shape[1]} (model {model.fingerprint})')
+              'fingerprint': model.fingerprint, 'rectified': rectified_count(loaded),
+              'rectification': [dict(info, file=p) for p, info in zip(loaded.paths, loaded.infos)
+                                if info]},
+       f'wrote {args.out}: {len(emb)} x {emb.shape[1]} (model {model.fingerprint}{note})')
 
 
 def cmd_register(args):
   model = load_model(args)
+  use_rectification(args, model, args.registry)
   load_registry(args.registry, model, create=True)  # refuse a bad registry before embedding
   if args.tree:
     items = images_lib.scan_registration_tree(args.tree)
@@ -136,6 +175,7 @@ def cmd_register(args):
 
 def cmd_classify(args):
   model = load_model(args)
+  use_rectification(args, model, args.registry)
   reg = load_registry(args.registry, model)
   paths = images_lib.expand_inputs(args.inputs)
   loaded, emb, log_var = embed_files(args, model, paths, skip_unreadable=True, uncertainty=True)
@@ -152,16 +192,25 @@ def cmd_classify(args):
   if check:
     print(f'warning: {check["message"]}', file=sys.stderr)
   if args.json:
-    for path, a in zip(loaded.paths, answers):
-      print(json.dumps({'file': path, **a}))
+    for path, a, info in zip(loaded.paths, answers, loaded.infos):
+      print(json.dumps({'file': path, **a, **({'rectification': info} if info else {})}))
   else:
-    for path, a in zip(loaded.paths, answers):
+    for path, a, info in zip(loaded.paths, answers, loaded.infos):
       alts = ', '.join(f'{t["label"]} {t["score"]:.3f}' for t in a['top_k'][1:])
       print(f'{path}\t{a["label"]}\t{a["score"]:.4f}' + ('' if a['accepted'] else
             f'\t(nearest {a["nearest"]})') + (f'\t[{alts}]' if alts else '')
-            + (f'\tuncertainty {a["uncertainty"]:.3f}' if 'uncertainty' in a else ''))
+            + (f'\tuncertainty {a["uncertainty"]:.3f}' if 'uncertainty' in a else '')
+            + rectification_note(info))
   if loaded.skipped:
     print(f'{len(loaded.skipped)} file(s) skipped', file=sys.stderr)
+
+
+def rectification_note(info):
+  if not info:
+    return ''
+  if info['rectified']:
+    return f'\trectified (corners {info["quad"]}, confidence {info["confidence"]:.2f})'
+  return f'\t{info["reason"]}'
 
 
 def labelled_folder(args, model):
@@ -181,6 +230,7 @@ def cmd_calibrate(args):
   from inference.calibration import calibrate_registry, calibrate_unsure
   from inference.registry import capture_uncertainty, pixel_hash
   model = load_model(args)
+  use_rectification(args, model, args.registry)
   reg = load_registry(args.registry, model)  # refuse a bad registry before embedding
   log_var = None
   if args.data:
@@ -248,9 +298,11 @@ def cmd_evaluate(args):
   from inference.evaluate import draw_roc_png, evaluate_embeddings, roc_curve
   from inference.registry import capture_uncertainty
   model = load_model(args)
+  use_rectification(args, model)
   rows = images_lib.read_labels_csv(args.data)
   loaded = images_lib.load_images([r[0] for r in rows], model.preprocessing,
-                                  skip_unreadable=True, progress=progress_fn(args, 'load'))
+                                  skip_unreadable=True, progress=progress_fn(args, 'load'),
+                                  transform=args.rectifier)
   for _, why in loaded.skipped:
     print(f'skipped: {why}', file=sys.stderr)
   meta = {r[0]: r for r in rows}
@@ -264,6 +316,8 @@ def cmd_evaluate(args):
   out = {'data': args.data, 'model': model.fingerprint, 'model_source': model.source,
          'images': len(labels), 'labels': int(len(set(labels))), 'skipped': len(loaded.skipped),
          'degraded_queries': bool(args.degrade)}
+  if args.rectifier:  # issue 15: how many photos were flattened along their detected corners
+    out['rectified'] = rectified_count(loaded)
   out.update(evaluate_embeddings(emb, labels, is_register, model, args.fpr, args.folds,
                                  args.repeats))
   if log_var is not None:
@@ -341,6 +395,14 @@ def build_parser():
                           'released/docembed-v1)')
     if registry:
       s.add_argument('--registry', required=True, help='registry file (.npz)')
+    if name in RECTIFYING_COMMANDS:  # issue 15
+      s.add_argument('--rectify', action=argparse.BooleanOptionalAction, default=None,
+                     help='flatten each photo along its detected document corners before '
+                          'embedding (default: as the registry was built; else off)')
+      s.add_argument('--detector', default='', help='corner detector: release folder or '
+                     'training workdir (default: released/corners-v1)')
+      s.add_argument('--min-confidence', type=rate, default=0.5,
+                     help='below this detector confidence the whole photo is embedded')
     return s
 
   s = command('embed', cmd_embed, 'Embed the images of DIR/labels.csv into an .npy, csv order.')

@@ -30,6 +30,7 @@ class CornerDetectorModel:
   source: str
   model_config: dict
   variables: dict
+  fingerprint: str = ''   # sha256 of the variables and config (inference.model.model_fingerprint)
 
   def detect_batch(self, squares):
     """uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], confidence [B])."""
@@ -58,8 +59,10 @@ def from_variables(model_config, variables, image_size, source=''):
     out = model.apply(variables, images, train=False)
     return {'corners': out['corners'], 'presence': out['presence']}
 
-  return CornerDetectorModel(jax.jit(detect), int(image_size), source, model_config.to_dict(),
-                             variables)
+  from inference.model import model_fingerprint  # pylint: disable=import-outside-toplevel
+  config = model_config.to_dict()
+  return CornerDetectorModel(jax.jit(detect), int(image_size), source, config, variables,
+                             model_fingerprint(variables, config, {'image_size': int(image_size)}))
 
 
 def load_workdir(workdir, step=None):

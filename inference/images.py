@@ -36,6 +36,30 @@ def file_sha256(path):
   return h.hexdigest()
 
 
+def decode_image(path):
+  """One file -> uint8 [H, W, 3] at full size. Raises InputError on unreadable files."""
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+    # Full decode (no JPEG draft scaling), as the evaluation loader does: identical pixels.
+    return load_rgb(data)
+  except (OSError, ValueError) as e:
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    # image_io's reasons may already say 'not a readable image (...)': say it once.
+    if not why.startswith('not a readable image'):
+      why = f'not a readable image ({why})'
+    raise InputError(f'{path}: {why}') from None
+
+
+def to_model_input(rgb, preprocessing):
+  """uint8 [H, W, 3] -> uint8 [S, S, 3] per `preprocessing` ('stretch' or 'pad')."""
+  size = preprocessing['image_size']
+  if preprocessing.get('resize', 'stretch') == 'pad':
+    im = ImageOps.pad(Image.fromarray(rgb), (size, size), Image.BILINEAR, color=(255, 255, 255))
+    return np.asarray(im, dtype=np.uint8)
+  return stretch_to_square(rgb, size)
+
+
 def load_image(path, preprocessing):
   """One file -> uint8 [S, S, 3] per `preprocessing`. Raises InputError on unreadable files.
 
@@ -43,22 +67,7 @@ def load_image(path, preprocessing):
   the same as evaluation/labelled_folder.load_image, so registry scores and evaluation figures see
   the same pixels.
   """
-  size = preprocessing['image_size']
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-    # Full decode (no JPEG draft scaling), as the evaluation loader does: identical pixels.
-    rgb = load_rgb(data)
-  except (OSError, ValueError) as e:
-    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-    # image_io's reasons may already say 'not a readable image (...)': say it once.
-    if not why.startswith('not a readable image'):
-      why = f'not a readable image ({why})'
-    raise InputError(f'{path}: {why}') from None
-  if preprocessing.get('resize', 'stretch') == 'pad':
-    im = ImageOps.pad(Image.fromarray(rgb), (size, size), Image.BILINEAR, color=(255, 255, 255))
-    return np.asarray(im, dtype=np.uint8)
-  return stretch_to_square(rgb, size)
+  return to_model_input(decode_image(path), preprocessing)
 
 
 @dataclasses.dataclass
@@ -66,22 +75,31 @@ class LoadedImages:
   images: np.ndarray        # uint8 [N, S, S, 3]
   paths: list               # N source paths
   skipped: list             # (path, reason) of files that could not be read
+  infos: list = dataclasses.field(default_factory=list)  # per image, from `transform` (or None)
 
 
-def load_images(paths, preprocessing, *, skip_unreadable=False, progress=None):
-  """Loads many files. With skip_unreadable, bad files are counted in `skipped`, else raise."""
+def load_images(paths, preprocessing, *, skip_unreadable=False, progress=None, transform=None):
+  """Loads many files. With skip_unreadable, bad files are counted in `skipped`, else raise.
+  transform: None, or rgb -> (rgb, info) applied to each decoded photo before it is resized
+  (the rectifying warp of inference/rectify.py); the infos are kept in order."""
   size = preprocessing['image_size']
-  images, kept, skipped = [], [], []
+  images, kept, skipped, infos = [], [], [], []
   for path in (progress(paths) if progress else paths):
     try:
-      images.append(load_image(path, preprocessing))
-      kept.append(path)
+      rgb = decode_image(path)
     except InputError as e:
       if not skip_unreadable:
         raise
       skipped.append((path, str(e)))
+      continue
+    info = None
+    if transform is not None:
+      rgb, info = transform(rgb)
+    images.append(to_model_input(rgb, preprocessing))
+    kept.append(path)
+    infos.append(info)
   arr = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-  return LoadedImages(arr, kept, skipped)
+  return LoadedImages(arr, kept, skipped, infos)
 
 
 def is_image_file(path):

@@ -138,3 +138,26 @@ def refine_quad(rgb, quad, search=0.06, samples=40, work_side=640):
       out[i] = corner
   out /= scale
   return quad if quads.quad_problem(out, rgb.shape[1], rgb.shape[0]) else out
+
+
+DEFAULT_MIN_CONFIDENCE = 0.5
+
+
+def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE):
+  """What a registry and an embedding record about rectification (in the preprocessing dict, so
+  that rectified and whole-photo embeddings are never compared: inference/registry.py refuses a
+  model whose preprocessing differs from the registry's)."""
+  return {'detector': detector.fingerprint, 'min_confidence': float(min_confidence),
+          'refine': True}
+
+
+def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE):
+  """rgb -> (image to embed, info): detect, snap the quad to the edges (refine_quad), warp; the
+  whole photo, and the reason, when the detector is unsure or its quad degenerate. For
+  inference.images.load_images(transform=...)."""
+  def transform(rgb):
+    found = detector.detect(rgb)
+    if found['confidence'] >= min_confidence:
+      found = dict(found, quad=refine_quad(rgb, found['quad']))
+    return rectify_or_whole(rgb, found, min_confidence)
+  return transform
