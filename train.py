@@ -468,14 +468,26 @@ def _train_and_evaluate(config, workdir, cleanup):
   last_log_time, last_log_step = time.time(), start_step
   metrics_history = []
 
+  max_bad = int(config.get('max_nonfinite_steps', 0))
+  reported_bad = [int(jax.device_get(state.nonfinite_steps))]  # counted since step 0 (restored)
+
   def check_finite(step):
+    """Before each log and save: a few skipped NaN/Inf steps are reported; more than
+    config.max_nonfinite_steps stop the run (the count is in the checkpoints, so a restart that
+    meets the same batches again stops at the same place instead of looping)."""
     bad = int(jax.device_get(state.nonfinite_steps))
-    if bad:
+    if bad > max_bad:
       last_good = manager.latest_step()
       raise RunStopped(
-          f'loss or gradient became NaN/Inf (at or before step {step}); stopping. Parameters were '
-          f'not updated by those steps; last good checkpoint: step {last_good} in {workdir} '
-          f'(left intact).')
+          f'loss or gradient became NaN/Inf (at or before step {step}): {bad} steps skipped, over '
+          f'config.max_nonfinite_steps={max_bad}; stopping. Parameters were not updated by those '
+          f'steps; last good checkpoint: step {last_good} in {workdir} (left intact). Lower the '
+          'learning rate or check the data, or allow more skipped steps.')
+    if bad > reported_bad[0]:
+      logging.warning('%d step(s) with NaN/Inf loss or gradient skipped (not applied) at or '
+                      'before step %d; %d in this run so far, the run stops after %d',
+                      bad - reported_bad[0], step, bad, max_bad)
+      reported_bad[0] = bad
 
   for step in range(start_step + 1, config.num_train_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):

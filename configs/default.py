@@ -188,4 +188,8 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   c.async_checkpointing = True
+  # Steps whose loss or gradient is NaN/Inf are skipped (not applied); once more than this many
+  # were skipped in the run (the count is kept in the checkpoints) it stops, its last checkpoint
+  # intact. 0: stop at the first.
+  c.max_nonfinite_steps = 10
   return c

@@ -89,6 +89,8 @@ def validate_config(config, num_devices=None, process_count=None):
   for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     if config[field] <= 0:
       raise ConfigError(f'config.{field}={config[field]} must be positive')
+  if config.get('max_nonfinite_steps', 0) < 0:
+    raise ConfigError(f'config.max_nonfinite_steps={config.max_nonfinite_steps} must be >= 0')
   if len(config.data.sources) != len(config.data.weights):
     raise ConfigError(f'config.data.weights: {len(config.data.weights)} weights for '
                       f'{len(config.data.sources)} sources')

@@ -114,6 +114,9 @@ def test_train_on_gcs_killed_and_resumed(emulator, tiny_config):
   assert f'run/checkpoints/{saved + 2}/default/manifest.ocdbt' in names
   assert 'run/config.json' in names
   assert any(n.startswith('run/events.out.tfevents.') for n in names), names
+  from tools.read_scalars import read_scalars  # pylint: disable=import-outside-toplevel
+  loss_steps = [s for s, _ in read_scalars(f'gs://{bucket}/run')['train/loss']]
+  assert saved in loss_steps and saved + 2 in loss_steps  # both runs logged to the bucket
   assert not any('.tmp' in n for n in names), names
   # Nothing went to a local 'gs:' folder (os.path.abspath on the URL).
   assert not os.path.exists(os.path.join(REPO, 'gs:'))

@@ -49,14 +49,19 @@ def test_train_eval_checkpoint_and_resume_on_a_2d_mesh(tiny_config, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   c = tiny_config(**{'optimizer.learning_rate': 1e30, 'optimizer.warmup_steps': 0,
                      'optimizer.grad_clip_norm': 1e30, 'log_every_steps': 1,
-                     'checkpoint_every_steps': 1, 'num_train_steps': 20})
-  with pytest.raises(train.RunStopped, match='NaN/Inf'):
+                     'checkpoint_every_steps': 1, 'num_train_steps': 20,
+                     'max_nonfinite_steps': 2, 'eval_sets': ()})
+  with pytest.raises(train.RunStopped, match=r'NaN/Inf.*: 3 steps skipped, over '
+                     r'config.max_nonfinite_steps=2'):
     train.train_and_evaluate(c, str(tmp_path))
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints'))
   assert steps and steps[-1] < 20
   restored = ocp.StandardCheckpointer().restore(tmp_path / 'checkpoints' / str(steps[-1]) / 'default')
   leaves = jax.tree.leaves(restored['params'])
   assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+  # Skipped steps are saved up to the bound: a restart that meets the same batches goes over it
+  # at the next bad step and stops there again, it does not loop.
+  assert int(restored['nonfinite_steps']) == 2
 
 
 @pytest.mark.parametrize('overrides, message', [

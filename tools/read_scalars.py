@@ -2,9 +2,7 @@
 
 Used by the tests and to quote figures from a run without starting TensorBoard.
 """
-import glob
 import json
-import os
 import sys
 
 from tensorboard.backend.event_processing import event_accumulator
@@ -12,9 +10,13 @@ from tensorboard.util import tensor_util
 
 
 def read_scalars(workdir):
-  """{tag: [(step, value), ...]} from every event file directly in workdir."""
+  """{tag: [(step, value), ...]} from every event file directly in workdir (local or gs://)."""
+  import file_io  # pylint: disable=import-outside-toplevel
   out = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+  if not file_io.isdir(workdir):
+    return out
+  names = [n for n in file_io.listdir(workdir) if n.startswith('events.out.tfevents.')]
+  for path in [file_io.join(workdir, n) for n in names]:
     acc = event_accumulator.EventAccumulator(path, size_guidance={'tensors': 0, 'scalars': 0})
     acc.Reload()
     for tag in acc.Tags()['tensors']:
