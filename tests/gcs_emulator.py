@@ -10,12 +10,14 @@ How each library is pointed at it:
 - TensorFlow's GCS filesystem (tf.io.gfile, tf.data's read_file, TensorBoard's event writer, and
   etils.epath, which uses tf.io.gfile for gs:// when TF is installed): its endpoint is compiled in
   (https://www.googleapis.com/storage/v1/, xla/tsl/platform/cloud/gcs_file_system.cc) and no
-  variable overrides it. Its libcurl does honour `https_proxy` and `CURL_CA_BUNDLE`, so the
-  emulator also serves https with a certificate made here for www.googleapis.com, and `https_proxy`
-  names a CONNECT tunnel here that joins every connection to that https port, whatever host it
-  asks for: nothing leaves 127.0.0.1. GOOGLE_AUTH_TOKEN_FOR_TESTING skips TF's credential lookup.
+  variable overrides it. Its libcurl does honour `https_proxy` and `CURL_CA_BUNDLE`, so
+  `https_proxy` names a small HTTPS proxy here (`_Proxy`) that accepts CONNECT to any host, ends
+  the TLS with a certificate made here for www.googleapis.com (trusted through CURL_CA_BUNDLE) and
+  passes each request on to the emulator over plain HTTP: nothing leaves 127.0.0.1.
+  GOOGLE_AUTH_TOKEN_FOR_TESTING skips TF's credential lookup.
+- etils.epath: through tf.io.gfile, as above.
 
-`env()` gives the variables for a subprocess; `start()` also sets them in this process.
+`Emulator.env()` gives the variables, for a subprocess or os.environ.
 """
 import contextlib
 import os
@@ -42,13 +44,41 @@ def _free_port():
 
 
 def _make_certificate(folder):
-  """A self-signed certificate for www.googleapis.com (also its own CA): (cert, key) paths."""
+  """A self-signed certificate for www.googleapis.com (also its own CA): (cert, key) paths.
+  Made with `cryptography` (installed with google-auth), else with the openssl command."""
   cert, key = os.path.join(folder, 'gcs.crt'), os.path.join(folder, 'gcs.key')
-  subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
-                  '-keyout', key, '-out', cert, '-subj', f'/CN={GCS_HOST}',
-                  '-addext', f'subjectAltName=DNS:{GCS_HOST},DNS:storage.googleapis.com,IP:127.0.0.1',
-                  '-addext', 'basicConstraints=critical,CA:TRUE'],
-                 check=True, capture_output=True)
+  try:
+    import datetime  # pylint: disable=import-outside-toplevel
+    import ipaddress  # pylint: disable=import-outside-toplevel
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2',
+                    '-keyout', key, '-out', cert, '-subj', f'/CN={GCS_HOST}', '-addext',
+                    f'subjectAltName=DNS:{GCS_HOST},DNS:storage.googleapis.com,IP:127.0.0.1',
+                    '-addext', 'basicConstraints=critical,CA:TRUE'],
+                   check=True, capture_output=True)
+    return cert, key
+  private = ec.generate_private_key(ec.SECP256R1())
+  name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, GCS_HOST)])
+  now = datetime.datetime.now(datetime.timezone.utc)
+  certificate = (
+      x509.CertificateBuilder().subject_name(name).issuer_name(name)
+      .public_key(private.public_key()).serial_number(x509.random_serial_number())
+      .not_valid_before(now - datetime.timedelta(hours=1))
+      .not_valid_after(now + datetime.timedelta(days=2))
+      .add_extension(x509.SubjectAlternativeName([
+          x509.DNSName(GCS_HOST), x509.DNSName('storage.googleapis.com'),
+          x509.IPAddress(ipaddress.ip_address('127.0.0.1'))]), critical=False)
+      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+      .sign(private, hashes.SHA256()))
+  with open(cert, 'wb') as f:
+    f.write(certificate.public_bytes(serialization.Encoding.PEM))
+  with open(key, 'wb') as f:
+    f.write(private.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.TraditionalOpenSSL,
+                                  serialization.NoEncryption()))
   return cert, key
 
 
@@ -178,7 +208,8 @@ class _Proxy:
 
 
 class Emulator:
-  """fake-gcs-server over http (tensorstore) and https (TF, through the tunnel)."""
+  """fake-gcs-server over http on 127.0.0.1 (in memory), and the HTTPS proxy in front of it for
+  TF."""
 
   def __init__(self):
     self.folder = tempfile.mkdtemp(prefix='fake_gcs_')
