@@ -11,6 +11,9 @@ label_mode: 'page' (each page a class), 'view' (each page's 24 views, as in fold
 
 Rendering is sequential in this process: PDFium is not thread-safe, and the cost is paid once
 per PDF (about 10-30 ms a page at 256 px).
+
+The PDF folder and the page cache may each be local or gs://... (file_io); a gs:// PDF is read
+into memory to render it.
 """
 import hashlib
 import os
@@ -19,6 +22,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+import file_io
 from input_pipeline import folders
 from input_pipeline import image_io
 
@@ -26,21 +30,31 @@ LABEL_MODES = ('page', 'view', 'document')
 
 
 def _cache_key(path, render_side):
-  st = os.stat(path)
-  key = f'{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}|{render_side}'
+  if file_io.is_remote(path):
+    st = file_io._gfile().stat(path)  # pylint: disable=protected-access
+    size, mtime = st.length, st.mtime_nsec
+  else:
+    st = os.stat(path)
+    size, mtime = st.st_size, st.st_mtime_ns
+  key = f'{file_io.resolve(path)}|{size}|{mtime}|{render_side}'
   return hashlib.sha1(key.encode()).hexdigest()[:20]
 
 
 def _atomic_save_png(img, path):
-  tmp = f'{path}.tmp{os.getpid()}'
-  img.save(tmp, 'PNG')
-  os.replace(tmp, path)
+  file_io.write_with_atomic(path, lambda tmp: img.save(tmp, 'PNG'))
 
 
 def unreadable_reason(path):
   """Why PDFium refused `path`, read from the file itself: PDFium's own reason is a process-wide
   last-error code that can be stale (another file's 'Incorrect password', or 'Success')."""
   import mmap  # pylint: disable=g-import-not-at-top
+  if file_io.is_remote(path):
+    data = file_io.read_bytes(path)
+    if b'%PDF-' not in data[:1024]:
+      return 'not a PDF (no %PDF- header)'
+    if data.find(b'/Encrypt') >= 0:
+      return 'encrypted PDF (needs a password)'
+    return 'damaged PDF (PDFium could not parse it; truncated?)'
   with open(path, 'rb') as f:
     if b'%PDF-' not in f.read(1024):
       return 'not a PDF (no %PDF- header)'
@@ -56,21 +70,21 @@ def render_pdf(path, out_dir, *, render_side, max_pages):
   Raises ValueError with a one-line reason for an unusable PDF.
   """
   import pypdfium2 as pdfium  # pylint: disable=g-import-not-at-top  (runtime dep of this source only)
-  if os.path.getsize(path) == 0:
+  if file_io.getsize(path) == 0:
     raise ValueError('zero-byte file')
-  done = os.path.join(out_dir, 'pages.txt')
-  if os.path.exists(done):  # complete render from an earlier run
-    with open(done) as f:
-      return [os.path.join(out_dir, line.strip()) for line in f if line.strip()]
+  done = file_io.join(out_dir, 'pages.txt')
+  if file_io.exists(done):  # complete render from an earlier run
+    lines = file_io.read_bytes(done).decode().splitlines()
+    return [file_io.join(out_dir, line.strip()) for line in lines if line.strip()]
   try:
-    doc = pdfium.PdfDocument(path)
+    doc = pdfium.PdfDocument(file_io.read_bytes(path) if file_io.is_remote(path) else path)
   except pdfium.PdfiumError:
     raise ValueError(unreadable_reason(path)) from None
   try:
     n = len(doc)
     if n == 0:
       raise ValueError('PDF without pages')
-    os.makedirs(out_dir, exist_ok=True)
+    file_io.makedirs(out_dir)
     names = []
     for i in range(min(n, max_pages) if max_pages else n):
       page = doc[i]
@@ -83,24 +97,21 @@ def render_pdf(path, out_dir, *, render_side, max_pages):
         logging.warning('pdf %s page %d not rendered: %s', path, i, e)
         continue
       name = f'page_{i:05d}.png'
-      _atomic_save_png(img, os.path.join(out_dir, name))
+      _atomic_save_png(img, file_io.join(out_dir, name))
       names.append(name)
   finally:
     doc.close()
   if not names:
     raise ValueError('no renderable page')
-  tmp = f'{done}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(names) + '\n')
-  os.replace(tmp, done)
-  return [os.path.join(out_dir, name) for name in names]
+  file_io.write_bytes_atomic(done, ('\n'.join(names) + '\n').encode())
+  return [file_io.join(out_dir, name) for name in names]
 
 
 def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
   """Renders (or finds cached) pages. Returns (page paths, labels int64, num_classes, report)."""
   if label_mode not in LABEL_MODES:
     raise image_io.DataError(f'pdf label_mode={label_mode!r}: expected one of {LABEL_MODES}')
-  if not os.path.isdir(root):
+  if not file_io.isdir(root):
     raise image_io.DataError(f'pdf source: {root!r} is not a directory. Set '
                              'config.data.pdf.root to a folder of PDF files (sub-folders are '
                              'searched too).')
@@ -109,9 +120,9 @@ def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
     raise image_io.DataError(f'pdf source: no .pdf files under {root!r}. Put PDF files in it.')
   pages, doc_ids, skipped = [], [], []
   for rel in pdfs:
-    path = os.path.join(root, rel)
+    path = file_io.join(root, rel)
     try:
-      out = render_pdf(path, os.path.join(cache_dir, _cache_key(path, render_side)),
+      out = render_pdf(path, file_io.join(cache_dir, _cache_key(path, render_side)),
                        render_side=render_side, max_pages=max_pages)
     except (ValueError, OSError) as e:
       skipped.append((rel, str(e)))

@@ -258,6 +258,13 @@ class Emulator:
     with urllib.request.urlopen(req, timeout=10) as r:
       assert r.status == 200, r.status
 
+  def download(self, bucket, name):
+    import urllib.parse  # pylint: disable=import-outside-toplevel
+    quoted = urllib.parse.quote(name, safe='')
+    with urllib.request.urlopen(f'{self.url}/storage/v1/b/{bucket}/o/{quoted}?alt=media',
+                                timeout=10) as r:
+      return r.read()
+
   def list_objects(self, bucket, prefix=''):
     """Every object name in the bucket under prefix, read from the emulator directly."""
     import json  # pylint: disable=import-outside-toplevel

@@ -71,6 +71,26 @@ def test_file_io_on_gcs(emulator):
     file_io.read_json('gs://unit/missing.json')
 
 
+def test_pdf_folder_and_page_cache_on_gcs(emulator):
+  from input_pipeline import pdf  # pylint: disable=import-outside-toplevel
+  emulator.create_bucket('pdfs')
+  pages = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (80, 60, 3), np.uint8))
+           for i in range(2)]
+  buf = io.BytesIO()
+  pages[0].save(buf, 'PDF', save_all=True, append_images=pages[1:])
+  emulator.upload('pdfs', 'docs/sub/a.pdf', buf.getvalue())
+  emulator.upload('pdfs', 'docs/broken.pdf', b'%PDF-1.4\n garbage that is no PDF')
+  found, labels, n, report = pdf.scan_pdfs('gs://pdfs/docs', cache_dir='gs://pdfs/cache',
+                                           render_side=64)
+  assert n == 2 and list(labels) == [0, 1] and [r for r, _ in report.skipped] == ['broken.pdf']
+  assert all(p.startswith('gs://pdfs/cache/') and p.endswith('.png') for p in found)
+  img = Image.open(io.BytesIO(emulator.download('pdfs', found[0][len('gs://pdfs/'):])))
+  assert max(img.size) == 64
+  again, _, _, _ = pdf.scan_pdfs('gs://pdfs/docs', cache_dir='gs://pdfs/cache', render_side=64)
+  assert again == found  # the cache's pages.txt was read back
+  assert not [n for n in emulator.list_objects('pdfs') if '.tmp' in n]
+
+
 def _finished_steps(emulator, bucket):
   names = emulator.list_objects(bucket, 'run/checkpoints/')
   return sorted(int(m.group(1)) for n in names
