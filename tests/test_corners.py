@@ -30,6 +30,33 @@ def test_tiny_detector_trains_checkpoints_resumes_and_detects(tmp_path):
   found = det.detect(np.full((90, 60, 3), 200, np.uint8))
   assert found['quad'].shape == (4, 2) and 0.0 <= found['confidence'] <= 1.0
   assert np.all((found['quad'] >= 0) & (found['quad'] <= [60, 90]))
+  _check_registry_refuses_mixing(str(tmp_path / 'run'), tmp_path)
+
+
+def _check_registry_refuses_mixing(detector_dir, tmp_path):
+  """inference.cli: a registry records rectification; the other kind is refused, and without
+  --rectify / --no-rectify a command follows the registry."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  from inference import cli  # pylint: disable=import-outside-toplevel
+  from inference.images import default_preprocessing  # pylint: disable=import-outside-toplevel
+  from inference.registry import Registry  # pylint: disable=import-outside-toplevel
+  model = types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  args = argparse.Namespace(rectify=True, detector=detector_dir, min_confidence=0.5)
+  cli.use_rectification(args, model)
+  assert model.preprocessing['rectify']['min_confidence'] == 0.5 and args.rectifier
+  rectified = str(tmp_path / 'rectified.npz')
+  Registry('f', 4, model.preprocessing).save(rectified)
+  with pytest.raises(InputError, match='mixing'):
+    cli.use_rectification(argparse.Namespace(rectify=False, detector=detector_dir,
+                                             min_confidence=0.5),
+                          types.SimpleNamespace(preprocessing=default_preprocessing(32)), rectified)
+  follows = argparse.Namespace(rectify=None, detector=detector_dir, min_confidence=0.5)
+  cli.use_rectification(follows, types.SimpleNamespace(preprocessing=default_preprocessing(32)),
+                        rectified)
+  assert follows.rectifier is not None
+  image, info = follows.rectifier(np.full((40, 30, 3), 128, np.uint8))
+  assert image.ndim == 3 and set(info) >= {'rectified', 'quad', 'confidence'}
 
 
 def test_capture_places_the_page_at_the_given_corners():
