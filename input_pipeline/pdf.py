@@ -118,7 +118,7 @@ def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
   pdfs = [p for p in folders.list_files(root) if p.lower().endswith(".pdf")]
   if not pdfs:
     raise image_io.DataError(f'pdf source: no .pdf files under {root!r}. Put PDF files in it.')
-  pages, doc_ids, skipped = [], [], []
+  pages, doc_ids, skipped, page_keys, doc_keys = [], [], [], [], []
   for rel in pdfs:
     path = file_io.join(root, rel)
     try:
@@ -129,6 +129,8 @@ def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
       continue
     doc_ids += [len(set(doc_ids))] * len(out)
     pages += out
+    doc_keys.append(rel)
+    page_keys += [f'{rel}#{os.path.basename(p)}' for p in out]
   if not pages:
     raise image_io.DataError(f'pdf source: none of the {len(pdfs)} PDFs under {root!r} could be '
                              f'rendered (e.g. {skipped[0][0]}: {skipped[0][1]}).')
@@ -139,7 +141,8 @@ def scan_pdfs(root, *, cache_dir, render_side, label_mode='page', max_pages=0):
   n_classes = int(labels.max()) + 1
   if label_mode == 'view':
     n_classes *= folders.NUM_VIEWS
-  report = folders.ScanReport(root, n_classes, len(pages), sorted(skipped))
+  report = folders.ScanReport(root, n_classes, len(pages), sorted(skipped),
+                              doc_keys if label_mode == 'document' else page_keys)
   return pages, labels, n_classes, report
 
 
@@ -148,11 +151,13 @@ def default_cache_dir():
 
 
 def make_source(source_config, *, image_size, seed, process_index=0, process_count=1,
-                start_index=0, augment_config=None):
+                start_index=0, augment_config=None, classes=None):
   """The 'pdf' source: (dataset of {'image': uint8 [S, S, 3], 'label': int32}, num_classes).
 
   source_config: root, label_mode, cache_dir ('' -> ~/.cache/doc_embed/pdf_pages),
   render_side (0 -> 2 * image_size), max_pages (per PDF, 0: all).
+  classes: a list that, when given, receives the class names in label order ('<pdf>#page_00003.png',
+  or the PDF's path with label_mode 'document'; with 'view' each page stands for its 24 views).
   """
   render_side = int(source_config.get('render_side', 0) or 2 * image_size)
   label_mode = source_config.get('label_mode', 'page')
@@ -161,6 +166,8 @@ def make_source(source_config, *, image_size, seed, process_index=0, process_cou
       render_side=render_side, label_mode=label_mode,
       max_pages=int(source_config.get('max_pages', 0)))
   logging.info('pdf source %s', report.summary())
+  if classes is not None:
+    classes.extend(report.class_names)
   return folders.file_source(pages, labels, num_classes, source_config, image_size=image_size,
                              seed=seed, process_index=process_index, process_count=process_count,
                              start_index=start_index, augment_config=augment_config,

@@ -129,7 +129,7 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
                                                global_batch)
       source_names = [f'template {int(t)}' for t in template_ids]
     else:
-      kwargs = {'classes': source_names} if name == 'folder' else {}
+      kwargs = {'classes': source_names} if name in ('folder', 'pdf') else {}
       ds, n = _FILE_SOURCES[name].make_source(
           config.data[name], image_size=config.data.image_size, seed=config.seed,
           process_index=process_index, process_count=process_count, start_index=start,

@@ -88,6 +88,7 @@ def test_pdf_folder_and_page_cache_on_gcs(emulator):
   assert max(img.size) == 64
   again, _, _, _ = pdf.scan_pdfs('gs://pdfs/docs', cache_dir='gs://pdfs/cache', render_side=64)
   assert again == found  # the cache's pages.txt was read back
+  assert report.class_names == ['sub/a.pdf#page_00000.png', 'sub/a.pdf#page_00001.png']
   assert not [n for n in emulator.list_objects('pdfs') if '.tmp' in n]
 
 
