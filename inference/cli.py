@@ -25,6 +25,7 @@ import sys
 import numpy as np
 
 from errors import InputError
+import file_io
 from file_io import clean_stale_temps, locked, write_json_atomic, write_with_atomic
 from inference import images as images_lib
 from inference import released
@@ -57,7 +58,7 @@ def load_model(args):
 
 def load_registry(path, model, create=False):
   from inference.registry import Registry
-  if create and not os.path.exists(path):
+  if create and not file_io.exists(path):  # file_io: a gs:// registry exists too
     return Registry.for_model(model)
   return Registry.load(path, model)
 
