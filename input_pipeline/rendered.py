@@ -13,6 +13,7 @@ run continues exactly, and every host makes its own share.
 """
 import concurrent.futures
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -84,10 +85,11 @@ def _digest(images, boxes, ids):
 
 def load_bank(path, key):
   """The cached bank at path if it is whole and made for `key`, else None (with a reason logged)."""
-  if not os.path.exists(path):
+  if not file_io.exists(path):
     return None
   try:
-    with np.load(path, allow_pickle=False) as z:
+    source = io.BytesIO(file_io.read_bytes(path)) if file_io.is_remote(path) else path
+    with np.load(source, allow_pickle=False) as z:
       meta = json.loads(str(z['meta']))
       images, boxes, ids = z['images'], z['boxes'], z['template_ids']
     if meta.get('key') != key or meta.get('sha256') != _digest(images, boxes, ids):

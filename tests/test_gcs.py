@@ -71,6 +71,17 @@ def test_file_io_on_gcs(emulator):
     file_io.read_json('gs://unit/missing.json')
 
 
+def test_paperwork_render_cache_on_gcs(emulator, monkeypatch):
+  from input_pipeline import rendered  # pylint: disable=import-outside-toplevel
+  emulator.create_bucket('renders')
+  first = rendered.bank([0, 1], 1, 0, 48, cache_dir='gs://renders/cache', workers=1)
+  [name] = [n for n in emulator.list_objects('renders') if n.endswith('.npz')]
+  assert name.startswith('cache/paperwork-')
+  monkeypatch.setattr(rendered, 'render_bank', lambda *a, **k: pytest.fail('rendered again'))
+  again = rendered.bank([0, 1], 1, 0, 48, cache_dir='gs://renders/cache', workers=1)
+  np.testing.assert_array_equal(first[0], again[0])  # read back from the bucket
+
+
 def test_pdf_folder_and_page_cache_on_gcs(emulator):
   from input_pipeline import pdf  # pylint: disable=import-outside-toplevel
   emulator.create_bucket('pdfs')
