@@ -129,7 +129,7 @@ def test_sigkill_then_restart_resumes_from_last_checkpoint(tmp_path):
   assert f'Resumed from checkpoint at step {saved}' in result.stderr
   assert str(saved + 10) in os.listdir(ckpt)
   # The held-out figures of the finished run can be recomputed outside training.
-  heldout = subprocess.run([sys.executable, '-m', 'evaluation.heldout', f'--workdir={tmp_path}',
+  heldout = subprocess.run([sys.executable, '-m', 'tools.heldout', f'--workdir={tmp_path}',
                             '--capture_strength=1.0'], cwd=REPO, env=env, capture_output=True,
                            text=True, timeout=240)
   assert heldout.returncode == 0, heldout.stderr[-3000:]

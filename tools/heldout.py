@@ -1,12 +1,14 @@
 """Evaluate a training checkpoint on the synthetic held-out templates, outside training.
 
-  python -m evaluation.heldout --workdir=/tmp/demo
-  python -m evaluation.heldout --workdir=/tmp/demo --capture_strength=1.0 --heldout_templates=100
+  python -m tools.heldout --workdir=/tmp/demo
+  python -m tools.heldout --workdir=/tmp/demo --capture_strength=1.0 --heldout_templates=100
 
 Builds the held-out set from the run's own config.json (the options override its
 data.synthetic fields, e.g. to score a model on harder captures than it was trained on), embeds
 it with the latest checkpoint (or --step) and prints one JSON line: the figures train.py writes
-to TensorBoard as eval/synthetic_heldout/*.
+to TensorBoard as eval/synthetic_heldout/*. A command-line script, so it lives in tools/: it
+loads the checkpoint through inference/, and evaluation/ (which inference/ uses) stays free of
+imports from inference/.
 """
 import json
 import sys
@@ -27,7 +29,7 @@ def main(argv):
   del argv
   from evaluation import evaluators  # pylint: disable=g-import-not-at-top
   from inference import model as model_lib  # pylint: disable=g-import-not-at-top
-  from inference.images import InputError  # pylint: disable=g-import-not-at-top
+  from errors import InputError  # pylint: disable=g-import-not-at-top
   from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
   try:
     config = model_lib.read_workdir_config(FLAGS.workdir)
