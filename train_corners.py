@@ -124,7 +124,7 @@ def make_predict_fn(model, mesh):
   @functools.partial(jax.jit, in_shardings=(NamedSharding(mesh, P()), batch_sharding))
   def predict(variables, images):
     out = model.apply(variables, images, train=False)
-    return {'corners': out['corners'], 'presence': out['presence']}
+    return {'corners': out['peak_corners'], 'presence': out['presence']}
 
   return predict
 

@@ -57,7 +57,7 @@ def from_variables(model_config, variables, image_size, source=''):
 
   def detect(images):
     out = model.apply(variables, images, train=False)
-    return {'corners': out['corners'], 'presence': out['presence']}
+    return {'corners': out['peak_corners'], 'presence': out['presence']}
 
   from inference.model import model_fingerprint  # pylint: disable=import-outside-toplevel
   config = model_config.to_dict()

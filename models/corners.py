@@ -37,6 +37,23 @@ def soft_argmax(logits):
   return jnp.stack([x, y], -1), logp.reshape(b, h, w, k)
 
 
+def peak_soft_argmax(logits, radius=2):
+  """Soft-argmax within (2 radius + 1)^2 cells around each heatmap's peak: [B, K, 2] in [0, 1].
+  The global soft-argmax (trained) is pulled toward the map's centre by probability far from the
+  peak (a background corner-like spot, a second document); the peak window is not.
+  On the MIDV frames: median corner error 3.3% of the diagonal against 4.4% (README)."""
+  b, h, w, k = logits.shape
+  flat = logits.reshape(b, h * w, k).astype(jnp.float32)
+  peak = jnp.argmax(flat, axis=1)                                  # [B, K]
+  pi, pj = peak // w, peak % w
+  ii, jj = jnp.arange(h)[None, :, None, None], jnp.arange(w)[None, None, :, None]
+  near = (jnp.abs(ii - pi[:, None, None, :]) <= radius) & (jnp.abs(jj - pj[:, None, None, :]) <= radius)
+  x = jnp.where(near, logits.astype(jnp.float32), -jnp.inf)
+  p = jax.nn.softmax(x.reshape(b, h * w, k), axis=1).reshape(b, h, w, k)
+  ys, xs = cell_centres(h, w)
+  return jnp.stack([jnp.einsum('bhwk,w->bk', p, xs), jnp.einsum('bhwk,h->bk', p, ys)], -1)
+
+
 class CornerHead(nn.Module):
   """Trunk taps -> {'corners', 'heatmaps', 'presence'} (see CornerDetector)."""
   channels: int = 64
@@ -64,11 +81,13 @@ class CornerHead(nn.Module):
     corners, _ = soft_argmax(heatmaps)
     pooled = jnp.mean(taps[-1].astype(jnp.float32), axis=(1, 2))
     presence = nn.Dense(1, name='presence')(pooled)[:, 0]
-    return {'corners': corners, 'heatmaps': heatmaps, 'presence': presence}
+    return {'corners': corners, 'heatmaps': heatmaps, 'presence': presence,
+            'peak_corners': peak_soft_argmax(heatmaps)}
 
 
 class CornerDetector(nn.Module):
-  """Returns {'corners': [B, 4, 2] in [0, 1], 'heatmaps': [B, H/8, W/8, 4] logits,
+  """Returns {'corners': [B, 4, 2] in [0, 1] (soft-argmax, trained), 'peak_corners' (the same
+  around each heatmap's peak, what inference uses), 'heatmaps': [B, H/8, W/8, 4] logits,
   'presence': [B] logit}. Parameters: 'backbone' (ImageNet-loadable) and 'head' (new), the
   split train.create_optimizer's backbone_lr_factor uses."""
   width: float = 1.0
