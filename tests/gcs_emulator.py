@@ -21,6 +21,7 @@ How each library is pointed at it:
 """
 import contextlib
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -305,3 +306,4 @@ class Emulator:
         self.proc.kill()
         self.proc.wait()
     self.log.close()
+    shutil.rmtree(self.folder, ignore_errors=True)
