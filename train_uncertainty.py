@@ -73,7 +73,7 @@ def load_base(path):
 
 def make_steps(embedder, head, tx):
   def features(variables, images):
-    mu, squeezed = uncertainty_lib.embed_and_squeezed(embedder, variables, images)
+    mu, squeezed = uncertainty_lib.embed_and_squeezed(embedder, variables, images, head.features)
     return jax.lax.stop_gradient(mu), jax.lax.stop_gradient(squeezed)
 
   def train_step(state, base_variables, batch):
@@ -137,7 +137,7 @@ def _train(config, workdir, cleanup):
                  config.data.image_size)
   embedder = build_model(model_config)
   head = uncertainty_lib.UncertaintyHead(embed_dim=int(model_config.embed_dim), hidden=u.hidden,
-                                         init_log_var=u.init_log_var)
+                                         init_log_var=u.init_log_var, features=u.features)
   pw = config.data.paperwork
   docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, image_size)
   held = rendered.RenderedDocuments(rendered.heldout_templates(pw), pw, image_size)
@@ -151,7 +151,7 @@ def _train(config, workdir, cleanup):
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(train.BATCH_AXES))
   squeezed_shape = jax.eval_shape(
-      lambda x: uncertainty_lib.embed_and_squeezed(embedder, base_variables, x)[1],
+      lambda x: uncertainty_lib.embed_and_squeezed(embedder, base_variables, x, u.features)[1],
       jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)).shape
   init = head.init(jax.random.PRNGKey(config.seed), jnp.zeros(squeezed_shape, jnp.float32))
   state = HeadState(step=jnp.zeros((), jnp.int32), params=init['params'],

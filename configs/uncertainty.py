@@ -22,6 +22,7 @@ def get_config(arg=None):
   c.uncertainty = u = ml_collections.ConfigDict()
   u.base = 'released/docembed-v1'  # a released-model folder or a training workdir (frozen)
   u.hidden = 256
+  u.features = 'squeezed'          # the head's input: 'squeezed' | 'backbone_pooled' (models/uncertainty.py)
   u.init_log_var = -6.0
   u.classes_per_batch = 16         # templates per batch ...
   u.captures_per_class = 4         # ... times captures of each: the same-class pairs of the loss

@@ -297,7 +297,6 @@ def cmd_remove(args):
 def cmd_evaluate(args):
   from inference import evaluate as evaluate_lib
   from inference.evaluate import draw_roc_png, evaluate_embeddings, roc_curve
-  from inference.registry import capture_uncertainty
   model = load_model(args)
   use_rectification(args, model)
   rows = images_lib.read_labels_csv(args.data)
@@ -323,7 +322,7 @@ def cmd_evaluate(args):
                                  args.repeats))
   if log_var is not None:
     figures, curves = evaluate_lib.risk_coverage_figures(
-        emb, labels, is_register, capture_uncertainty(log_var), args.coverage)
+        emb, labels, is_register, log_var, args.coverage)
     out.update(figures)
     if args.risk_png:
       name = os.path.basename(os.path.normpath(args.data)) + (' degraded' if args.degrade else '')

@@ -71,6 +71,18 @@ class EmbeddingModel:
       outs = [np.zeros((0, self.embed_dim), np.float32)] * (2 if fn is self.uncertain_fn else 1)
     return tuple(outs)
 
+  @classmethod
+  def from_exported(cls, fn, meta, source):
+    """An EmbeddingModel around an exported function (jax.export or onnxruntime): with
+    meta['outputs'] == ['embeddings', 'log_variance'] it has the uncertainty head too."""
+    two = meta.get('outputs') == ['embeddings', 'log_variance']
+    return cls(batch_fn=(lambda x: fn(x)[0]) if two else fn,
+               preprocessing=meta['preprocessing'], embed_dim=int(meta['embed_dim']),
+               fingerprint=meta['fingerprint'], source=source,
+               model_config=meta.get('model_config', {}),
+               uncertain_fn=(lambda x: tuple(fn(x)[:2])) if two else None,
+               uncertainty_fingerprint=meta.get('uncertainty_fingerprint', '') if two else '')
+
   def metadata(self):
     return {'fingerprint': self.fingerprint, 'embed_dim': self.embed_dim,
             'preprocessing': self.preprocessing, 'model_config': self.model_config}

@@ -108,16 +108,29 @@ def error_at_coverage(correct, confidence, coverage):
   return float(risks[max(0, int(np.ceil(coverage * len(risks))) - 1)])
 
 
-def risk_coverage_figures(embeddings, labels, is_register, uncertainties, coverage=0.8):
+def _ranks(x):
+  return np.argsort(np.argsort(np.asarray(x, np.float64), kind='stable'), kind='stable')
+
+
+def risk_coverage_figures(embeddings, labels, is_register, log_var, coverage=0.8):
   """Top-1 (nearest registered image) error when only the most confident `coverage` of the
-  queries is answered, ranked by score and by uncertainty (low first); AURC of each ranking."""
+  queries is answered, and the AURC, for four rankings: the cosine score; the uncertainty (low
+  first); both (the mean of the two ranks); the mutual likelihood score of the query with its
+  nearest registered image (losses/mls.py, both log-variances)."""
   labels, is_register = np.asarray(labels), np.asarray(is_register, bool)
   e = np.asarray(embeddings, np.float32)
+  log_var = np.asarray(log_var, np.float64)
   scores = e[~is_register] @ e[is_register].T
   nearest = np.argmax(scores, axis=1)
   correct = labels[is_register][nearest] == labels[~is_register]
   best = scores[np.arange(len(scores)), nearest]
-  rankings = {'score': best, 'uncertainty': -np.asarray(uncertainties)[~is_register]}
+  uncertainty = log_var[~is_register].mean(axis=1)
+  lv_q, lv_e = log_var[~is_register], log_var[is_register][nearest]
+  s = np.exp(lv_q) + np.exp(lv_e)
+  diff = e[~is_register].astype(np.float64) - e[is_register][nearest]
+  mls = -0.5 * np.sum(diff ** 2 / s + np.log(s), axis=1)
+  rankings = {'score': best, 'uncertainty': -uncertainty,
+              'score_and_uncertainty': _ranks(best) + _ranks(-uncertainty), 'mls': mls}
   out = {'risk_coverage/queries': int(len(correct)),
          'risk_coverage/error_all': float(np.mean(~correct))}
   curves = {}

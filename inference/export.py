@@ -10,7 +10,8 @@ width, preprocessing, model config), so a registry built with the checkpoint acc
   (inference/onnx_graph.py: input normalisation behind the layout transpose, ReLU6 as Clip).
   Issue 17 and the README ("Serving speed") have the measurements.
 Each artefact is checked against the JAX model on the same images; the max abs difference is
-returned and printed by the CLI.
+returned and printed by the CLI. A model with an uncertainty head (issue 14) is exported with a
+second output, `log_variance` [B, D], checked the same way; the metadata says so.
 """
 import contextlib
 import io
@@ -24,13 +25,19 @@ import numpy as np
 
 from inference.atomic import write_bytes_atomic, write_json_atomic
 from inference.model import EXPORT_STEM, load_jax_export, make_embed_fn
+from models import uncertainty as uncertainty_lib
 from models.embedder import build_model
 from models.layers import resolve_conv_impl, resolve_impl
 
 
-def _embed_fn(model_config, variables):
+def _embed_fn(model_config, variables, head_config=None, head_variables=None):
   model = build_model(model_config)
-  return make_embed_fn(model, jax.tree.map(jnp.asarray, variables))
+  variables = jax.tree.map(jnp.asarray, variables)
+  if head_config is None:
+    return make_embed_fn(model, variables)
+  return uncertainty_lib.make_embed_uncertain_fn(
+      model, variables, uncertainty_lib.UncertaintyHead(**head_config),
+      jax.tree.map(jnp.asarray, head_variables))
 
 
 def portable_model_config(model_config):
@@ -69,7 +76,7 @@ def export_jax(fn, image_size, path):
   write_bytes_atomic(path, bytes(exported.serialize()))
 
 
-def export_onnx(fn, image_size, path):
+def export_onnx(fn, image_size, path, output_names=('embeddings',)):
   from inference.atomic import write_with_atomic
   # jax2onnx prints debug lines to stdout and logs plugin import noise: keep the CLI's
   # stdout clean (it may be JSON) and its stderr readable.
@@ -79,7 +86,7 @@ def export_onnx(fn, image_size, path):
     from jax2onnx import to_onnx  # export-time only dependency
     spec = jax.ShapeDtypeStruct(('B', image_size, image_size, 3), jnp.uint8)
     proto = to_onnx(fn, [spec], model_name='embedder', input_names=['images'],
-                    output_names=['embeddings'])
+                    output_names=list(output_names))
   from inference.onnx_graph import optimize_for_onnxruntime  # needs onnx, export-time only
   proto, _ = optimize_for_onnxruntime(proto)
   write_with_atomic(path, lambda tmp: open(tmp, 'wb').write(proto.SerializeToString()))
@@ -96,27 +103,36 @@ def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images
     raise ValueError(f'{embedding_model.source}: export needs a checkpoint, not an artefact')
   size = embedding_model.preprocessing['image_size']
   config, variables = embedding_model.model_config, embedding_model.variables
-  fns = {'jax': _embed_fn(portable_model_config(config), variables),
-         'onnx': _embed_fn(onnx_model_config(config), variables)}
+  head = ((embedding_model.uncertainty_config, embedding_model.uncertainty_variables)
+          if embedding_model.has_uncertainty else (None, None))
+  fns = {'jax': _embed_fn(portable_model_config(config), variables, *head),
+         'onnx': _embed_fn(onnx_model_config(config), variables, *head)}
   if check_images is None:
     check_images = np.random.RandomState(0).randint(0, 256, (4, size, size, 3), np.uint8)
-  reference = embedding_model.embed(check_images)
+  reference, reference_log_var = embedding_model.embed_with_uncertainty(check_images)
+  metadata = embedding_model.metadata()
+  if embedding_model.has_uncertainty:
+    metadata.update(uncertainty_fingerprint=embedding_model.uncertainty_fingerprint,
+                    outputs=['embeddings', 'log_variance'])
   os.makedirs(out_dir, exist_ok=True)
   results = {}
   for fmt in formats:
     ext = {'jax': '.jaxexport', 'onnx': '.onnx'}[fmt]
     path = os.path.join(out_dir, EXPORT_STEM + ext)
     # Metadata first: the loaders below read it, and it is identical for both artefacts.
-    write_json_atomic(os.path.join(out_dir, EXPORT_STEM + '.json'), embedding_model.metadata())
+    write_json_atomic(os.path.join(out_dir, EXPORT_STEM + '.json'), metadata)
     if fmt == 'jax':
       export_jax(fns['jax'], size, path)
       loaded = load_jax_export(path)
     else:
-      export_onnx(fns['onnx'], size, path)
+      export_onnx(fns['onnx'], size, path, metadata.get('outputs', ('embeddings',)))
       from inference.onnx_model import load_onnx
       loaded = load_onnx(path)
-    got = loaded.embed(check_images)
+    got, got_log_var = loaded.embed_with_uncertainty(check_images)
     results[fmt] = {'path': path, 'bytes': os.path.getsize(path),
                     'max_abs_diff': float(np.abs(got - reference).max()),
                     'check_images': int(len(check_images))}
+    if reference_log_var is not None:
+      results[fmt]['log_variance_max_abs_diff'] = float(np.abs(got_log_var
+                                                              - reference_log_var).max())
   return results

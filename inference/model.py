@@ -84,7 +84,7 @@ def attach_uncertainty(model, head_config, head_variables, source=''):
 def head_config_of(training_config, embed_dim):
   u = training_config.uncertainty
   return {'embed_dim': int(embed_dim), 'hidden': int(u.hidden),
-          'init_log_var': float(u.init_log_var)}
+          'init_log_var': float(u.init_log_var), 'features': u.get('features', 'squeezed')}
 
 
 def load_uncertainty_workdir(workdir, config):
@@ -101,7 +101,8 @@ def load_uncertainty_workdir(workdir, config):
     raise InputError(f'{ckpt_dir}: no finished checkpoint of the uncertainty head')
   squeezed = jax.eval_shape(
       lambda x: uncertainty_lib.embed_and_squeezed(
-          build_model(ml_collections.ConfigDict(base.model_config)), base.variables, x)[1],
+          build_model(ml_collections.ConfigDict(base.model_config)), base.variables, x,
+          head_config['features'])[1],
       jax.ShapeDtypeStruct((1, size, size, 3), jnp.uint8))
   abstract = jax.eval_shape(lambda x: uncertainty_lib.UncertaintyHead(**head_config).init(
       jax.random.PRNGKey(0), x), jax.ShapeDtypeStruct(squeezed.shape, jnp.float32))
@@ -191,10 +192,7 @@ def load_jax_export(path):
     # fails with whatever the parser trips on: struct.error, IndexError, ...)
     raise CorruptFileError(f'{path}: not a readable jax.export file ({len(data)} bytes; '
                            f'truncated or damaged? {type(e).__name__})') from None
-  return EmbeddingModel(
-      batch_fn=jax.jit(exported.call), preprocessing=meta['preprocessing'],
-      embed_dim=int(meta['embed_dim']), fingerprint=meta['fingerprint'], source=path,
-      model_config=meta.get('model_config', {}))
+  return EmbeddingModel.from_exported(jax.jit(exported.call), meta, path)
 
 
 def load_model(path):

@@ -30,9 +30,9 @@ def load_onnx(path, num_threads=None):
                                  providers=['CPUExecutionProvider'])
   input_name = session.get_inputs()[0].name
 
-  def batch_fn(images):
-    return session.run(None, {input_name: images})[0]
+  def run(images):  # every output: embeddings, and log_variance with an uncertainty head
+    return session.run(None, {input_name: images})
 
-  return EmbeddingModel(
-      batch_fn=batch_fn, preprocessing=meta['preprocessing'], embed_dim=int(meta['embed_dim']),
-      fingerprint=meta['fingerprint'], source=path, model_config=meta.get('model_config', {}))
+  if meta.get('outputs') == ['embeddings', 'log_variance']:
+    return EmbeddingModel.from_exported(run, meta, path)
+  return EmbeddingModel.from_exported(lambda images: run(images)[0], meta, path)

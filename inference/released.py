@@ -75,7 +75,7 @@ def load_release(path):
     squeezed = jax.eval_shape(
         lambda x: uncertainty_lib.embed_and_squeezed(
             build_model(ml_collections.ConfigDict(model_config)),
-            model.variables, x)[1],
+            model.variables, x, head.features)[1],
         jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8))
     abstract = jax.eval_shape(lambda x: head.init(jax.random.PRNGKey(0), x),
                               jax.ShapeDtypeStruct(squeezed.shape, jnp.float32))

@@ -46,6 +46,7 @@ class Embedder(nn.Module):
     x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     x = x.astype(dtype)
     x = create_backbone(cfg, dtype)(x, train=train)
+    self.sow('intermediates', 'backbone', x)  # for the uncertainty head; a no-op otherwise
     return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
                          embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
                          conv_impl=cfg.get('conv_impl', 'auto'), name='head')(x, train=train)

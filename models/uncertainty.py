@@ -1,7 +1,10 @@
 """Uncertainty head (Probabilistic Face Embeddings, Shi and Jain, ICCV 2019), issue 14.
 
-The trained embedder stays as it is (it gives the mean mu); this small head reads the embedder's
-squeezed feature map (models/heads.py sows it) and predicts a per-dimension log-variance
+The trained embedder stays as it is (it gives the mean mu); this small head reads either the
+embedder's squeezed feature map (models/heads.py sows it; 'squeezed', PFE's choice: the
+bottleneck the embedding is made from) or the backbone's last feature map, mean- and max-pooled
+('backbone_pooled': where blur, glare and an empty frame show, wherever they are), and predicts
+a per-dimension log-variance
 log sigma^2 of mu. A capture the model cannot judge (glare, blur, a thumb over the header, half
 the page cut off) gets a large sigma^2: it is far from its class mates in ways the head learns to
 see. Two captures compare by the mutual likelihood score (losses/mls.py); `capture_uncertainty`
@@ -19,6 +22,7 @@ class UncertaintyHead(nn.Module):
   embed_dim: int = 256
   hidden: int = 256
   init_log_var: float = -6.0
+  features: str = 'squeezed'  # or 'backbone_pooled' (see module doc)
 
   @nn.compact
   def __call__(self, squeezed, train=False):
@@ -34,12 +38,21 @@ class UncertaintyHead(nn.Module):
     return gamma * x + beta
 
 
-def embed_and_squeezed(embedder, variables, images):
-  """The frozen embedder: (L2-normalised mu [B, D], squeezed map [B, h, w, c])."""
+FEATURES = ('squeezed', 'backbone_pooled')
+
+
+def embed_and_squeezed(embedder, variables, images, features='squeezed'):
+  """The frozen embedder: (L2-normalised mu [B, D], the head's input features)."""
+  if features not in FEATURES:
+    raise ValueError(f'uncertainty features {features!r}: one of {FEATURES}')
   e, state = embedder.apply(variables, images, train=False, mutable=['intermediates'])
-  squeezed = state['intermediates']['head']['squeezed'][0]
+  if features == 'squeezed':
+    x = state['intermediates']['head']['squeezed'][0]
+  else:
+    b = state['intermediates']['backbone'][0].astype(jnp.float32)
+    x = jnp.concatenate([b.mean(axis=(1, 2)), b.max(axis=(1, 2))], axis=-1)
   e = e.astype(jnp.float32)
-  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12), squeezed
+  return e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-12), x
 
 
 def capture_uncertainty(log_var):
@@ -49,6 +62,6 @@ def capture_uncertainty(log_var):
 def make_embed_uncertain_fn(embedder, variables, head, head_variables):
   """uint8 images -> (mu [B, D], log sigma^2 [B, D]); everything closed over (exportable)."""
   def fn(images):
-    mu, squeezed = embed_and_squeezed(embedder, variables, images)
-    return mu, head.apply(head_variables, jax.lax.stop_gradient(squeezed), train=False)
+    mu, x = embed_and_squeezed(embedder, variables, images, head.features)
+    return mu, head.apply(head_variables, jax.lax.stop_gradient(x), train=False)
   return fn

@@ -137,7 +137,8 @@ def test_cli_register_classify_calibrate_evaluate(workdir, tmp_path, capsys):
   figures = json.loads(out)
   assert code == 0 and figures == json.load(open(tmp_path / 'm.json'))
   assert 0 <= figures['tpr@fpr=1e-04'] <= 1 and 0 <= figures['auroc'] <= 1
-  assert figures['open_set_unknown_queries'] == 24  # every label held out once, 2 queries each
+  # Every label held out once per repeat, 2 queries each; the repeats pool their queries.
+  assert figures['open_set_unknown_queries'] == 24 * figures['open_set_repeats'] == 24 * 5
   assert Image.open(tmp_path / 'roc.png').size == (640, 480)
   code, _, _ = run_cli(capsys, 'embed', '--checkpoint', wd, '--data', str(data),
                        '--out', str(tmp_path / 'e.npy'))

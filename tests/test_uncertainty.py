@@ -139,3 +139,18 @@ def test_degraded_copies_are_deterministic_captures():
   a, b = evaluate_lib.degraded_copies(images, 3), evaluate_lib.degraded_copies(images, 3)
   np.testing.assert_array_equal(a, b)
   assert a.shape == images.shape and a.dtype == np.uint8 and np.abs(a.astype(int) - images).mean() > 5
+
+
+def test_export_carries_the_uncertainty_output(head_workdir, tmp_path):
+  from inference.export import export_model
+  _, wd = head_workdir
+  model = load_model(wd)
+  results = export_model(model, str(tmp_path / 'export'))
+  images = np.random.RandomState(2).randint(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+  want = model.embed_with_uncertainty(images)[1]
+  for fmt in ('jax', 'onnx'):
+    assert results[fmt]['log_variance_max_abs_diff'] < 1e-4, results
+    exported = load_model(results[fmt]['path'])
+    assert exported.has_uncertainty and exported.fingerprint == model.fingerprint
+    assert exported.uncertainty_fingerprint == model.uncertainty_fingerprint
+    np.testing.assert_allclose(exported.embed_with_uncertainty(images)[1], want, atol=1e-4)
