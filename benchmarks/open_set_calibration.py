@@ -1,7 +1,7 @@
 """How well each threshold rule meets its false-accept target on types it has never seen.
 
   python benchmarks/open_set_calibration.py --data ../shared/data/sroie_merchants \
-      [--checkpoint released/docembed-v1] [--target 1e-2] [--folds 3,5] [--repeats 10]
+      [--checkpoint released/docembed-v2] [--target 1e-2] [--folds 3,5] [--repeats 10]
 
 The labels are split into folds (every label held out once per repeat, `repeats` random
 assignments); the other labels are registered (their role=register image) and their queries

@@ -9,7 +9,7 @@
   export     --checkpoint W --out DIR [--formats jax,onnx]
 
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
-model folder; without it the released model (released/docembed-v1, README) is used.
+model folder; without it the released model (released/docembed-v2, README) is used.
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
 along its detected document corners (released/corners-v1) before it is embedded; a registry
 records it and refuses the other kind.
@@ -392,7 +392,7 @@ def build_parser():
       s.add_argument('--checkpoint', default=released.DEFAULT_DIR,
                      help='training workdir, export folder, .jaxexport / .onnx file, or a '
                           'released model folder (default: the released model, '
-                          'released/docembed-v1)')
+                          'released/docembed-v2)')
     if registry:
       s.add_argument('--registry', required=True, help='registry file (.npz)')
     if name in RECTIFYING_COMMANDS:  # issue 15
@@ -444,7 +444,8 @@ def build_parser():
   s.add_argument('--roc', help='write a ROC curve PNG here')
   s.add_argument('--fpr', '--far', dest='fpr', type=rate, default=1e-4,
                  help='open-set: target false-accept rate per unregistered capture')
-  s.add_argument('--folds', type=positive_int, default=4, help='open-set: labels held out per fold')
+  s.add_argument('--folds', type=positive_int, default=4, 
+                 help='open-set: the labels are split into this many folds, each held out once')
   s.add_argument('--repeats', type=positive_int, default=5,
                  help='open-set: random fold assignments, pooled')
   s.add_argument('--degrade', action='store_true',

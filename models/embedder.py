@@ -49,7 +49,8 @@ class Embedder(nn.Module):
     self.sow('intermediates', 'backbone', x)  # for the uncertainty head; a no-op otherwise
     return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
                          embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
-                         conv_impl=cfg.get('conv_impl', 'auto'), name='head')(x, train=train)
+                         conv_impl=cfg.get('conv_impl', 'auto'), grid=cfg.get('grid', 2),
+                         name='head')(x, train=train)
 
 
 def build_model(model_config):

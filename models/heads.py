@@ -3,13 +3,33 @@
 The seed's best design ('ln_bn'): 1x1 squeeze conv, flatten (keeps layout, which matters for
 documents, unlike global pooling), then twice Linear -> LayerNorm -> BatchNorm. 'ln' and 'bn'
 keep only one of the two norms, for ablations.
+
+'grid_pca' (issue 12) keeps the backbone as ImageNet trained it and reads its last feature map
+by regions: `grid` x `grid` overlapping windows (about half a window apart), each mean-pooled,
+concatenated (a coarse layout, which forms need, but blind to a few pixels of shift), then one
+Linear layer: a PCA whitening fitted on rendered paperwork captures (tools/fit_whitening.py), so
+that the direction every white page shares stops dominating the cosine score.
 """
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from models.layers import Conv
 
-HEADS = ('ln_bn', 'ln', 'bn')
+HEADS = ('ln_bn', 'ln', 'bn', 'grid_pca')
+
+
+def _windows(n, grid):
+  """`grid` windows over n cells, each ceil(2n / (grid + 1)) wide, evenly spaced."""
+  width = min(n, -(-2 * n // (grid + 1)))
+  starts = np.linspace(0, n - width, grid).round().astype(int)
+  return [(int(a), int(a) + width) for a in starts]
+
+
+def region_pool(x, grid):
+  """[B, H, W, C] -> [B, grid * grid * C]: the mean of each window, row by row."""
+  return jnp.concatenate([x[:, a:b, c:d].mean(axis=(1, 2)) for a, b in _windows(x.shape[1], grid)
+                          for c, d in _windows(x.shape[2], grid)], axis=-1)
 
 
 class EmbeddingHead(nn.Module):
@@ -19,11 +39,16 @@ class EmbeddingHead(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   conv_impl: str = 'auto'
+  grid: int = 2  # 'grid_pca' only
 
   @nn.compact
   def __call__(self, x, train=False):
     if self.kind not in HEADS:
       raise ValueError(f'config.model.head: unknown head {self.kind!r} ({" | ".join(HEADS)})')
+    if self.kind == 'grid_pca':
+      x = region_pool(x.astype(jnp.float32), self.grid)
+      self.sow('intermediates', 'squeezed', x)  # the uncertainty head's input, as below
+      return nn.Dense(self.embed_dim, name='whiten')(x)
     x = Conv(self.squeeze_channels, use_bias=False, dtype=self.dtype, impl=self.conv_impl,
              name='squeeze')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
