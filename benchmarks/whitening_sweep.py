@@ -3,8 +3,8 @@ r"""The grid_pca head's choices, side by side on the real sets (issue 12; README
   python benchmarks/whitening_sweep.py [--sizes 224,288] [--grids 1,2,3] [--dims 256,512]
 
 For each input size: the frozen ImageNet MobileNetV2 (configs/release_grid.py's backbone) maps the
-rendered paperwork captures tools/fit_whitening.py fits on, and every image of us_forms and
-sroie_merchants; for each grid (1 = plain mean pooling) the region-pooled features are scored
+rendered paperwork captures tools/fit_whitening.py fits on (the same config), and every image of
+us_forms and sroie_merchants; for each grid (1 = plain mean pooling) the region-pooled features are scored
 raw (cosine) and PCA-whitened to each dimension (fitted on the rendered captures only), by the
 evaluation protocol (TPR@1e-4 / AUROC / top-1). One JSON line per (size, grid, dim); dim 0 = raw.
 The shared sets only score the choices: the release's choices were read off this table, so its
@@ -22,7 +22,9 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from evaluation import labelled_folder, verification  # pylint: disable=g-import-not-at-top
 from models.heads import region_pool  # pylint: disable=g-import-not-at-top
-from tools import fit_whitening  # pylint: disable=g-import-not-at-top
+from configs.load import load_config  # pylint: disable=g-import-not-at-top
+from input_pipeline import rendered  # pylint: disable=g-import-not-at-top
+from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-at-top
 
 SETS = ('us_forms', 'sroie_merchants')
 
@@ -56,9 +58,12 @@ def main(argv=None):
   p.add_argument('--dims', default='256,512')
   args = p.parse_args(argv)
   for size in map(int, args.sizes.split(',')):
-    config = fit_whitening.load_config(args.config)
+    config = load_config(args.config)
     config.data.image_size = size
-    fit_maps = feature_maps(config, fit_whitening.rendered_captures(config)[0])
+    pw = config.data.paperwork
+    docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, size)
+    fit_maps = feature_maps(config, rendered.captures_of_templates(
+        docs, int(config.whiten.captures_per_template))[0])
     sets = {}
     for name in SETS:
       images, labels, is_register, _ = labelled_folder.load_labelled_folder(
@@ -69,7 +74,7 @@ def main(argv=None):
       for dim in [0] + [int(d) for d in args.dims.split(',')]:
         row = dict(size=size, grid=grid, dim=dim or 'raw')
         if dim:
-          kernel, bias, _ = fit_whitening.fit_pca_whitening(fit_x, dim, config.whiten.eps)
+          kernel, bias, _ = fit_pca_whitening(fit_x, dim, config.whiten.eps)
         for name, (maps, labels, is_register) in sets.items():
           x = np.asarray(region_pool(maps, grid), np.float64)
           e = l2(x @ kernel + bias if dim else x)

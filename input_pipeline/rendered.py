@@ -193,6 +193,16 @@ def heldout_set(cfg, image_size):
   return np.stack(list(ds.as_numpy_iterator())), labels, indices == 0
 
 
+def captures_of_templates(docs, per_template):
+  """Captures 0..per_template-1 of every template of `docs` (example_of: fixed seeds), as
+  (uint8 images [T * per_template, S, S, 3], labels [T * per_template])."""
+  labels = np.repeat(np.arange(docs.num_classes), per_template).astype(np.int32)
+  index = np.tile(np.arange(per_template), docs.num_classes)
+  ds = tf.data.Dataset.from_tensor_slices((labels, index)).map(
+      docs.example_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return np.stack(list(ds.as_numpy_iterator())), labels
+
+
 def grouped_batches(docs, classes_per_batch, per_class, start_step, seed, process_index=0,
                     process_count=1):
   """Batches of `classes_per_batch` distinct templates x `per_class` captures each (the pairs a

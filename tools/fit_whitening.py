@@ -11,7 +11,6 @@ line: captures used, the variance share the kept directions carry, and the large
 change from float16 storage (refuses to write above --max_diff).
 """
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -22,54 +21,26 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from configs.load import load_config  # pylint: disable=g-import-not-at-top
 from errors import ConfigError  # pylint: disable=g-import-not-at-top
 from inference import released  # pylint: disable=g-import-not-at-top
 from input_pipeline import rendered  # pylint: disable=g-import-not-at-top
 from models import pretrained  # pylint: disable=g-import-not-at-top
 from models.embedder import build_model  # pylint: disable=g-import-not-at-top
-
-
-def load_config(spec):
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('config_module', path)
-  if module_spec is None or not os.path.isfile(path):
-    raise ConfigError(f'--config={spec}: no such config file')
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
-
-
-def fit_pca_whitening(x, dim, eps):
-  """(kernel [D, dim], bias [dim], kept variance share): (x - mean) @ kernel whitens x."""
-  x = np.asarray(x, np.float64)
-  if dim > min(x.shape):
-    raise ConfigError(f'whitening to {dim} dimensions needs at least {dim} captures and '
-                      f'features; have {x.shape[0]} captures of {x.shape[1]} features')
-  mean = x.mean(axis=0)
-  _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-  std = s / np.sqrt(len(x))
-  # Scaled so that the strongest direction keeps about its length (the embedding is L2-normalised,
-  # so a global scale changes nothing) and the weights stay well inside float16 (the release).
-  kernel = vt[:dim].T * (std[0] / (std[:dim] + eps * std[0]))
-  return kernel, -mean @ kernel, float(np.sum(s[:dim] ** 2) / np.sum(s ** 2))
+from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-at-top
 
 
 def rendered_captures(config):
-  """[templates x captures_per_template] uint8 captures of the training templates, and labels."""
-  pw, size = config.data.paperwork, int(config.data.image_size)
-  docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, size)
-  k = int(config.whiten.captures_per_template)
-  labels = np.repeat(np.arange(docs.num_classes), k).astype(np.int32)
-  index = np.tile(np.arange(k), docs.num_classes)
-  ds = tf.data.Dataset.from_tensor_slices((labels, index)).map(
-      docs.example_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return np.stack(list(ds.as_numpy_iterator())), labels
+  """The captures the whitening is fitted on: `captures_per_template` of each training template."""
+  pw = config.data.paperwork
+  docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, int(config.data.image_size))
+  return rendered.captures_of_templates(docs, int(config.whiten.captures_per_template))
 
 
 def fit(config):
-  """(model_config dict, float32 variables, info) of the whitened model."""
+  """(model_config dict, float32 variables, 16 of the captures for checks, info) of the whitened
+  model."""
   m = config.model
   if m.head != 'grid_pca':
     raise ConfigError(f'config.model.head={m.head!r}: fit_whitening fits the grid_pca head only')

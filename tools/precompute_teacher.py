@@ -20,17 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-
-def load_config(spec):
-  """'configs/x.py:arg' -> x.get_config('arg'), as main.py's --config flag resolves it."""
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path, _, arg = spec.partition(':')
-  module_spec = importlib.util.spec_from_file_location('config_module', path)
-  if module_spec is None or not os.path.isfile(path):
-    raise SystemExit(f'precompute_teacher: no config file {path}')
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+from configs.load import load_config  # pylint: disable=g-import-not-at-top
+from errors import ConfigError  # pylint: disable=g-import-not-at-top
 
 
 def synthetic_clean_images(config):
@@ -75,7 +66,10 @@ def main(argv=None):
   p.add_argument('--batch_size', type=int, default=64)
   args = p.parse_args(argv)
   from models import teacher as teacher_lib  # pylint: disable=import-outside-toplevel
-  config = load_config(args.config)
+  try:
+    config = load_config(args.config)
+  except ConfigError as e:
+    sys.exit(f'precompute_teacher: {e}')
   config.distill.cache = ''  # computing the cache, not reading it
   if tuple(config.data.sources) != ('synthetic',):
     sys.exit(f'precompute_teacher: only the synthetic source has un-augmented images to cache '
