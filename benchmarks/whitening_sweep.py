@@ -4,8 +4,8 @@ r"""The grid_pca head's choices, side by side on the real sets (issue 12; README
 
 For each input size: the frozen ImageNet MobileNetV2 (configs/release_grid.py's backbone) maps the
 rendered paperwork captures tools/fit_whitening.py fits on (the same config), and every image of
-us_forms and sroie_merchants; for each grid (1 = plain mean pooling) the region-pooled features are scored
-raw (cosine) and PCA-whitened to each dimension (fitted on the rendered captures only), by the
+us_forms and sroie_merchants; for each grid (1 = plain mean pooling) the region-pooled features
+are scored raw (cosine) and PCA-whitened to each dimension (fitted on the rendered captures only), by the
 evaluation protocol (TPR@1e-4 / AUROC / top-1). One JSON line per (size, grid, dim); dim 0 = raw.
 The shared sets only score the choices: the release's choices were read off this table, so its
 figures on these two sets are optimistic for unseen documents.
@@ -20,25 +20,20 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from evaluation import labelled_folder, verification  # pylint: disable=g-import-not-at-top
-from models.heads import region_pool  # pylint: disable=g-import-not-at-top
 from configs.load import load_config  # pylint: disable=g-import-not-at-top
+from evaluation import labelled_folder, verification  # pylint: disable=g-import-not-at-top
 from input_pipeline import rendered  # pylint: disable=g-import-not-at-top
+from models import pretrained  # pylint: disable=g-import-not-at-top
+from models.embedder import build_model  # pylint: disable=g-import-not-at-top
+from models.heads import region_pool  # pylint: disable=g-import-not-at-top
 from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-at-top
 
 SETS = ('us_forms', 'sroie_merchants')
 
 
 def feature_maps(config, images, batch=32):
-  from models import pretrained  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from models.embedder import build_model  # pylint: disable=import-outside-toplevel
-  size = int(config.data.image_size)
   model = build_model(config.model)
-  variables = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(0),
-                                                  jnp.zeros((1, size, size, 3), jnp.uint8)))
-  variables = pretrained.init_backbone_from_pretrained(variables, config.model.backbone,
-                                                       config.model.pretrained)
+  variables = pretrained.init_embedder_variables(model, config.model, int(config.data.image_size))
   fn = jax.jit(lambda x: model.apply(variables, x, mutable=['intermediates'])[1][
       'intermediates']['backbone'][0])
   return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
@@ -60,10 +55,8 @@ def main(argv=None):
   for size in map(int, args.sizes.split(',')):
     config = load_config(args.config)
     config.data.image_size = size
-    pw = config.data.paperwork
-    docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, size)
-    fit_maps = feature_maps(config, rendered.captures_of_templates(
-        docs, int(config.whiten.captures_per_template))[0])
+    fit_maps = feature_maps(config, rendered.training_captures(
+        config.data.paperwork, size, int(config.whiten.captures_per_template))[0])
     sets = {}
     for name in SETS:
       images, labels, is_register, _ = labelled_folder.load_labelled_folder(

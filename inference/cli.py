@@ -444,7 +444,7 @@ def build_parser():
   s.add_argument('--roc', help='write a ROC curve PNG here')
   s.add_argument('--fpr', '--far', dest='fpr', type=rate, default=1e-4,
                  help='open-set: target false-accept rate per unregistered capture')
-  s.add_argument('--folds', type=positive_int, default=4, 
+  s.add_argument('--folds', type=positive_int, default=4,
                  help='open-set: the labels are split into this many folds, each held out once')
   s.add_argument('--repeats', type=positive_int, default=5,
                  help='open-set: random fold assignments, pooled')

@@ -6,6 +6,7 @@ keep the folder a few MB; loaded back as float32). Written by `python tools/rele
 """
 import json
 import os
+import shutil
 
 from errors import CorruptFileError
 import file_io
@@ -51,6 +52,23 @@ def save_uncertainty(out_dir, head_config, head_variables, info):
                              flax.serialization.msgpack_serialize(_half(head_variables)))
   file_io.write_bytes_atomic(os.path.join(out_dir, UNCERTAINTY_CONFIG), json.dumps(
       dict(head=dict(head_config), info=info), indent=1).encode())
+
+
+def publish_checked(out_dir, write, measure, max_diff):
+  """Replaces the folder `out_dir` only if what was written round-trips: `write(tmp)` fills a
+  temporary folder beside it, `measure(tmp)` returns the largest difference the stored (float16)
+  model makes against the source; above `max_diff` (or NaN) the temporary folder is removed and
+  `out_dir` is left as it was. Returns (difference, written)."""
+  tmp_dir = out_dir.rstrip('/') + '.new'
+  write(tmp_dir)
+  diff = float(measure(tmp_dir))
+  if not diff <= max_diff:
+    shutil.rmtree(tmp_dir)
+    return diff, False
+  if os.path.isdir(out_dir):
+    shutil.rmtree(out_dir)
+  os.replace(tmp_dir, out_dir)
+  return diff, True
 
 
 def load_release(path):

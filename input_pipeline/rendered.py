@@ -193,9 +193,11 @@ def heldout_set(cfg, image_size):
   return np.stack(list(ds.as_numpy_iterator())), labels, indices == 0
 
 
-def captures_of_templates(docs, per_template):
-  """Captures 0..per_template-1 of every template of `docs` (example_of: fixed seeds), as
-  (uint8 images [T * per_template, S, S, 3], labels [T * per_template])."""
+def training_captures(cfg, image_size, per_template):
+  """Captures 0..per_template-1 of every training template (example_of: fixed seeds), as
+  (uint8 images [T * per_template, S, S, 3], labels [T * per_template]): the fixed set a model
+  is fitted on (tools/fit_whitening.py)."""
+  docs = RenderedDocuments(train_templates(cfg), cfg, image_size)
   labels = np.repeat(np.arange(docs.num_classes), per_template).astype(np.int32)
   index = np.tile(np.arange(per_template), docs.num_classes)
   ds = tf.data.Dataset.from_tensor_slices((labels, index)).map(

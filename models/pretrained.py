@@ -257,3 +257,17 @@ def init_backbone_from_pretrained(variables, arch, source):
   if loaded['batch_stats']:
     out['batch_stats'][scope] = loaded['batch_stats']
   return out
+
+
+def init_embedder_variables(model, model_config, image_size, seed=0):
+  """Fresh numpy variables of the Embedder `model`, its backbone replaced by the ImageNet weights
+  `model_config.pretrained` names (if any): the starting point of a model that is fitted rather
+  than trained (tools/fit_whitening.py, benchmarks/whitening_sweep.py)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  variables = jax.tree_util.tree_map(np.asarray, model.init(
+      jax.random.PRNGKey(seed), jnp.zeros((1, image_size, image_size, 3), jnp.uint8)))
+  if model_config.pretrained:
+    variables = init_backbone_from_pretrained(variables, model_config.backbone,
+                                              model_config.pretrained)
+  return variables

@@ -6,20 +6,18 @@ The backbone is the config's (ImageNet weights from config.model.pretrained, as 
 training); the head's Linear layer becomes the PCA whitening of the region-pooled features of
 `captures_per_template` captures of each training template (input_pipeline/rendered.py, the
 training captures: photos and scans of blank and filled-in pages): centred on their mean, each
-kept direction scaled by 1 / (its std + eps x the largest std) (times the largest std). No gradient step. Prints one JSON
-line: captures used, the variance share the kept directions carry, and the largest embedding
+kept direction scaled by (the largest std) / (its std + eps x the largest std) (models/
+whitening.py). No gradient step. Prints one JSON line: captures used, the variance share the kept directions carry, and the largest embedding
 change from float16 storage (refuses to write above --max_diff).
 """
 import argparse
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from configs.load import load_config  # pylint: disable=g-import-not-at-top
@@ -33,9 +31,8 @@ from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-a
 
 def rendered_captures(config):
   """The captures the whitening is fitted on: `captures_per_template` of each training template."""
-  pw = config.data.paperwork
-  docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, int(config.data.image_size))
-  return rendered.captures_of_templates(docs, int(config.whiten.captures_per_template))
+  return rendered.training_captures(config.data.paperwork, int(config.data.image_size),
+                                    int(config.whiten.captures_per_template))
 
 
 def fit(config):
@@ -46,10 +43,7 @@ def fit(config):
     raise ConfigError(f'config.model.head={m.head!r}: fit_whitening fits the grid_pca head only')
   size = int(config.data.image_size)
   model = build_model(m)
-  variables = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, size, size, 3), jnp.uint8))
-  variables = jax.tree.map(np.asarray, variables)
-  if m.pretrained:
-    variables = pretrained.init_backbone_from_pretrained(variables, m.backbone, m.pretrained)
+  variables = pretrained.init_embedder_variables(model, m, size, config.seed)
   pooled_fn = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates'])[1][
       'intermediates']['head']['squeezed'][0])
   images, labels = rendered_captures(config)
@@ -83,19 +77,15 @@ def main(argv=None):
   direct = model_lib.from_variables(config.model, variables, size)
   info.update(command=f'python tools/fit_whitening.py --config={args.config} --out={args.out}',
               recipe=config.to_dict())
-  tmp_dir = args.out.rstrip('/') + '.new'
-  released.save_release(tmp_dir, model_config, variables, size, info)
-  stored = released.load_release(tmp_dir)
-  diff = float(np.abs(stored.embed(check) - direct.embed(check)).max())
+  diff, written = released.publish_checked(
+      args.out, lambda tmp: released.save_release(tmp, model_config, variables, size, info),
+      lambda tmp: np.abs(released.load_release(tmp).embed(check) - direct.embed(check)).max(),
+      args.max_diff)
   print(json.dumps(dict(out=args.out, max_abs_embedding_diff=diff, **{
       k: v for k, v in info.items() if k != 'recipe'})))
-  if not diff <= args.max_diff:  # NaN too
-    shutil.rmtree(tmp_dir)
+  if not written:
     sys.exit(f'fit_whitening: float16 storage changes embeddings by {diff:.2e} '
              f'(> --max_diff {args.max_diff}); nothing written to {args.out}')
-  if os.path.isdir(args.out):
-    shutil.rmtree(args.out)
-  os.replace(tmp_dir, args.out)
 
 
 if __name__ == '__main__':

@@ -10,7 +10,6 @@ image fractions); prints one JSON line.
 import argparse
 import json
 import os
-import shutil
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
@@ -36,18 +35,20 @@ def main(argv=None):
   config.corners.data.heldout_examples = 32
   photos = corner_data.heldout_set(config)['image']
   info = dict(json.loads(args.info), source=source.source, recipe=config.to_dict())
-  tmp_dir = args.out + '.new'
-  released.save_release(tmp_dir, source.model_config, source.variables, source.image_size, info)
-  stored = detector_lib.load_release(tmp_dir)
-  diff = float(np.max(np.abs(stored.detect_batch(photos)[0] - source.detect_batch(photos)[0])))
-  if diff > args.max_diff:
-    shutil.rmtree(tmp_dir)
+  stored = {}
+
+  def measure(tmp):
+    stored['model'] = detector_lib.load_release(tmp)
+    return np.max(np.abs(stored['model'].detect_batch(photos)[0] - source.detect_batch(photos)[0]))
+
+  diff, written = released.publish_checked(
+      args.out, lambda tmp: released.save_release(tmp, source.model_config, source.variables,
+                                                   source.image_size, info),
+      measure, args.max_diff)
+  if not written:
     sys.exit(f'float16 detector differs from the checkpoint by {diff:.2e} > {args.max_diff}')
-  if os.path.isdir(args.out):
-    shutil.rmtree(args.out)
-  os.replace(tmp_dir, args.out)
   print(json.dumps({'out': args.out, 'source': source.source, 'max_corner_diff': diff,
-                    'fingerprint': stored.fingerprint}))
+                    'fingerprint': stored['model'].fingerprint}))
 
 
 if __name__ == '__main__':

@@ -36,21 +36,17 @@ def main(argv=None):
   pages = np.stack([image_io.stretch_to_square(
       paperwork.render(10_000_000 + t, 1, 99, 2 * size)[0], size) for t in range(16)])
   info = dict(source=source.source, command=args.command, recipe=config.to_dict())
-  tmp_dir = args.out + '.new'
-  released.save_release(tmp_dir, source.model_config, source.variables, size, info)
-  stored = released.load_release(tmp_dir)
-  diff = float(np.abs(stored.embed(pages) - source.embed(pages)).max())
+  diff, written = released.publish_checked(
+      args.out, lambda tmp: released.save_release(tmp, source.model_config, source.variables,
+                                                   size, info),
+      lambda tmp: np.abs(released.load_release(tmp).embed(pages) - source.embed(pages)).max(),
+      args.max_diff)
   print(json.dumps(dict(out=args.out, max_abs_embedding_diff=diff, source=source.source,
-                        bytes=sum(os.path.getsize(os.path.join(tmp_dir, f))
-                                  for f in os.listdir(tmp_dir)))))
-  if diff > args.max_diff:
+                        bytes=sum(os.path.getsize(os.path.join(args.out, f))
+                                  for f in os.listdir(args.out)) if written else 0)))
+  if not written:
     sys.exit(f'release_model: float16 storage changes embeddings by {diff:.2e} '
              f'(> --max_diff {args.max_diff}); nothing written to {args.out}')
-  if os.path.isdir(args.out):
-    for f in os.listdir(args.out):
-      os.remove(os.path.join(args.out, f))
-    os.rmdir(args.out)
-  os.replace(tmp_dir, args.out)
 
 
 if __name__ == '__main__':
