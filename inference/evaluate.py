@@ -128,6 +128,7 @@ def risk_coverage_figures(embeddings, labels, is_register, log_var, coverage=0.8
   lv_q, lv_e = log_var[~is_register], log_var[is_register][nearest]
   s = np.exp(lv_q) + np.exp(lv_e)
   diff = e[~is_register].astype(np.float64) - e[is_register][nearest]
+  # losses/mls.mls in numpy: importing it would load JAX, and `evaluate` runs ONNX models without.
   mls = -0.5 * np.sum(diff ** 2 / s + np.log(s), axis=1)
   rankings = {'score': best, 'uncertainty': -uncertainty,
               'score_and_uncertainty': _ranks(best) + _ranks(-uncertainty), 'mls': mls}
