@@ -6,7 +6,7 @@
   calibrate  --checkpoint W --registry R.npz [--data DIR] [--far 1e-4]
   list       --registry R.npz           remove --registry R.npz --label L
   evaluate   --checkpoint W --data DIR [--out metrics.json] [--roc roc.png]
-  export     --checkpoint W --out DIR [--formats jax,onnx]
+  export     --checkpoint W --out DIR [--formats jax,onnx] [--detector [D]]
 
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
 model folder; without it the released model (released/docembed-v2, README) is used.
@@ -343,16 +343,36 @@ def cmd_evaluate(args):
 def cmd_export(args):
   from inference.export import export_model
   model = load_model(args)
+  formats = tuple(args.formats.split(','))
+  check_paths = images_lib.expand_inputs([args.check_data])[:16] if args.check_data else []
   check = None
-  if args.check_data:
-    check = images_lib.load_images(images_lib.expand_inputs([args.check_data])[:16],
-                                   model.preprocessing).images
-  results = export_model(model, args.out, formats=tuple(args.formats.split(',')),
-                         check_images=check)
-  text = '\n'.join(f'{fmt}: {r["path"]} ({r["bytes"]} bytes), max |diff| vs JAX model '
-                   f'{r["max_abs_diff"]:.3g} on {r["check_images"]} images'
-                   for fmt, r in results.items())
-  emit(args, {'fingerprint': model.fingerprint, **results}, text)
+  if check_paths:
+    check = images_lib.load_images(check_paths, model.preprocessing).images
+  results = export_model(model, args.out, formats=formats, check_images=check)
+  text = [f'{fmt}: {r["path"]} ({r["bytes"]} bytes), max |diff| vs JAX model '
+          f'{r["max_abs_diff"]:.3g} on {r["check_images"]} images' for fmt, r in results.items()]
+  out = {'fingerprint': model.fingerprint, **results}
+  if args.detector is not None:  # issue 15: the corner detector beside the embedder
+    out['detector'], detector_text = export_detector(args, formats, check_paths)
+    text += detector_text
+  emit(args, out, '\n'.join(text))
+
+
+def export_detector(args, formats, check_paths):
+  """--detector: the corner detector's artefacts in the same folder; (results, text lines)."""
+  from inference import detector as detector_lib
+  from inference.export import export_detector as export
+  from input_pipeline.image_io import stretch_to_square
+  detector = detector_lib.load_detector(args.detector)
+  check = None
+  if check_paths:  # the photos as the detector sees them: the whole photo stretched to its square
+    check = np.stack([stretch_to_square(images_lib.decode_image(p), detector.image_size)
+                      for p in check_paths])
+  results = export(detector, args.out, formats=formats, check_images=check)
+  text = [f'detector {fmt}: {r["path"]} ({r["bytes"]} bytes), max |diff| vs JAX model: corners '
+          f'{r["corners_max_abs_diff"]:.3g}, presence logit {r["presence_max_abs_diff"]:.3g} on '
+          f'{r["check_images"]} images' for fmt, r in results.items()]
+  return {'fingerprint': detector.fingerprint, 'source': detector.source, **results}, text
 
 
 # ---- argument parsing ----
@@ -399,8 +419,9 @@ def build_parser():
       s.add_argument('--rectify', action=argparse.BooleanOptionalAction, default=None,
                      help='flatten each photo along its detected document corners before '
                           'embedding (default: as the registry was built; else off)')
-      s.add_argument('--detector', default='', help='corner detector: release folder or '
-                     'training workdir (default: released/corners-v1)')
+      s.add_argument('--detector', default='', help='corner detector: release folder, '
+                     'training workdir, or export (a folder with detector.onnx, or the .onnx / '
+                     '.jaxexport file; ONNX runs without JAX) (default: released/corners-v1)')
       s.add_argument('--min-confidence', type=rate, default=0.5,
                      help='below this detector confidence the whole photo is embedded')
     return s
@@ -458,7 +479,12 @@ def build_parser():
   s = command('export', cmd_export, 'Export embed() as jax.export and ONNX, parity-checked.')
   s.add_argument('--out', required=True, help='output folder')
   s.add_argument('--formats', default='jax,onnx', help='comma-separated: jax,onnx')
-  s.add_argument('--check-data', help='images for the parity check (default: random pixels)')
+  s.add_argument('--check-data', help='images for the parity check (default: random pixels; '
+                 'for the detector, drawn pages)')
+  s.add_argument('--detector', nargs='?', const='', default=None,
+                 help='also export the corner detector (issue 15) into the same folder: '
+                      'detector.jaxexport / detector.onnx + detector.json; a release folder or '
+                      'training workdir (--detector alone: released/corners-v1)')
   return p
 
 

@@ -1,41 +1,49 @@
-"""Loading the corner detector for inference (issue 15): a training workdir or a release folder.
+"""Loading the corner detector for inference (issue 15): a training workdir, a release folder, or
+an export (inference/export.py `export_detector`: detector.onnx / detector.jaxexport + detector.json).
 
 `load_detector(path)` -> CornerDetectorModel, whose `detect(rgb)` gives the document's quad in
 the photo's pixels (clockwise from its top-left) and a confidence in [0, 1] (the presence score).
 A release folder is written like the embedder's (inference/released.py: model.json + float16
-variables.msgpack) by `python tools/release_detector.py`.
+variables.msgpack) by `python tools/release_detector.py`. An exported ONNX detector runs with
+numpy + Pillow + onnxruntime alone: JAX, flax and the model are imported inside the functions
+that need them, never at the top of this module.
 """
 import dataclasses
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from errors import CorruptFileError, InputError
+import file_io
 from input_pipeline.image_io import stretch_to_square
 from inference import released
-from models import corners as corners_lib
 
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                            'released', 'corners-v1')
+EXPORT_STEM = 'detector'  # export_dir/detector.{jaxexport,onnx,json}, beside embedder.*
+EXPORT_KIND = 'corner_detector'
+OUTPUTS = ('corners', 'presence')  # [B, 4, 2] in [0, 1] (peak soft-argmax), [B] logit
 
 
 @dataclasses.dataclass
 class CornerDetectorModel:
-  batch_fn: object        # uint8 [B, S, S, 3] -> {'corners': [B, 4, 2] in [0, 1], 'presence': [B]}
+  batch_fn: object        # uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], presence logit [B])
   image_size: int
   source: str
   model_config: dict
-  variables: dict
+  variables: dict         # None for an export (it carries its weights inside)
   fingerprint: str = ''   # sha256 of the variables and config (inference.model.model_fingerprint)
+
+  def detect_logits(self, squares):
+    """uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], presence logit [B]) as numpy."""
+    corners, presence = self.batch_fn(np.asarray(squares, np.uint8))
+    return np.asarray(corners, np.float32), np.asarray(presence, np.float32)
 
   def detect_batch(self, squares):
     """uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], confidence [B])."""
-    out = jax.device_get(self.batch_fn(jnp.asarray(squares)))
-    return np.asarray(out['corners']), 1.0 / (1.0 + np.exp(-np.asarray(out['presence'])))
+    corners, presence = self.detect_logits(squares)
+    return corners, 1.0 / (1.0 + np.exp(-presence))
 
   def detect(self, rgb):
     """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float}."""
@@ -43,30 +51,51 @@ class CornerDetectorModel:
     h, w = rgb.shape[:2]
     return {'quad': corners[0] * np.array([w, h], np.float64), 'confidence': float(confidence[0])}
 
+  def metadata(self):
+    """What an export writes beside its artefact (detector.json): the same fingerprint, so a
+    registry rectified with this detector accepts the exported one."""
+    return {'kind': EXPORT_KIND, 'fingerprint': self.fingerprint,
+            'image_size': int(self.image_size), 'model_config': self.model_config,
+            'outputs': list(OUTPUTS)}
+
 
 def abstract_variables(model_config, image_size):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from models import corners as corners_lib  # pylint: disable=import-outside-toplevel
   model = corners_lib.build_detector(model_config)
   dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
   return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
 
 
-def from_variables(model_config, variables, image_size, source=''):
-  model_config = ml_collections.ConfigDict(model_config)
-  variables = jax.tree.map(np.asarray, variables)
-  model = corners_lib.build_detector(model_config)
+def detect_fn(model_config, variables):
+  """uint8 [B, S, S, 3] -> (corners, presence logit): the peak soft-argmax corners that inference
+  uses (models/corners.py peak_soft_argmax), variables closed over. What from_variables jits and
+  inference/export.py serialises (with the model config it makes portable / ONNX-friendly)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from models import corners as corners_lib  # pylint: disable=import-outside-toplevel
+  model = corners_lib.build_detector(ml_collections.ConfigDict(model_config))
 
   def detect(images):
     out = model.apply(variables, images, train=False)
-    return {'corners': out['peak_corners'], 'presence': out['presence']}
+    return out['peak_corners'], out['presence']
+  return detect
 
+
+def from_variables(model_config, variables, image_size, source=''):
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
   from inference.model import model_fingerprint  # pylint: disable=import-outside-toplevel
-  config = model_config.to_dict()
-  return CornerDetectorModel(jax.jit(detect), int(image_size), source, config, variables,
+  config = ml_collections.ConfigDict(model_config).to_dict()
+  variables = jax.tree.map(np.asarray, variables)
+  return CornerDetectorModel(jax.jit(detect_fn(config, variables)), int(image_size), source,
+                             config, variables,
                              model_fingerprint(variables, config, {'image_size': int(image_size)}))
 
 
 def load_workdir(workdir, step=None):
   """The latest (or given) checkpoint of a corner-detector training workdir."""
+  import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   from inference.model import read_workdir_config  # pylint: disable=import-outside-toplevel
   from workdir import quiet_asyncio  # pylint: disable=import-outside-toplevel
@@ -93,6 +122,8 @@ def load_release(path):
   cfg_path = os.path.join(path, released.CONFIG_FILE)
   var_path = os.path.join(path, released.VARIABLES_FILE)
   import flax.serialization  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
   try:
     with open(cfg_path) as f:
       meta = json.load(f)
@@ -111,12 +142,74 @@ def load_release(path):
   return from_variables(model_config, variables, size, source=path)
 
 
-def load_detector(path=None):
-  """A corner-detector training workdir or release folder (default: released/corners-v1)."""
+def read_export_metadata(artefact_path):
+  """export_dir/detector.json, written beside each artefact by inference/export.py."""
+  meta_path = os.path.splitext(artefact_path)[0] + '.json'
+  if not os.path.isfile(meta_path):
+    raise InputError(f'{artefact_path}: missing metadata file {meta_path}')
+  meta = file_io.read_json(meta_path, 'detector export metadata')
+  if meta.get('kind') != EXPORT_KIND:
+    raise InputError(f'{meta_path}: not a corner detector\'s export metadata (kind is '
+                     f'{meta.get("kind")!r}, not {EXPORT_KIND!r})')
+  size = meta.get('image_size')
+  if not isinstance(size, int) or size < 1 or not isinstance(meta.get('fingerprint'), str) \
+      or meta.get('outputs') != list(OUTPUTS):
+    raise CorruptFileError(f'{meta_path}: detector export metadata lacks or garbles image_size, '
+                           f'fingerprint or outputs (want {list(OUTPUTS)})')
+  return meta
+
+
+def _from_export(batch_fn, meta, path):
+  return CornerDetectorModel(batch_fn, meta['image_size'], path, meta.get('model_config', {}),
+                             None, meta['fingerprint'])
+
+
+def load_onnx(path, num_threads=None):
+  """detector.onnx -> CornerDetectorModel run by onnxruntime (no JAX); num_threads as
+  inference/onnx_model.session_options (None: onnxruntime's default)."""
+  import onnxruntime as ort  # pylint: disable=import-outside-toplevel  (optional dependency)
+  from inference.onnx_model import session_options  # pylint: disable=import-outside-toplevel
+  meta = read_export_metadata(path)
+  try:
+    session = ort.InferenceSession(path, session_options(num_threads),
+                                   providers=['CPUExecutionProvider'])
+  except Exception as e:  # pylint: disable=broad-except  (onnxruntime raises its own pybind
+    # types for a bad file: InvalidProtobuf, Fail, InvalidGraph, ...)
+    raise CorruptFileError(f'{path}: not a readable ONNX model (truncated or damaged? '
+                           f'{type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
+  names = [o.name for o in session.get_outputs()]
+  if names != list(OUTPUTS):
+    raise CorruptFileError(f'{path}: outputs {names}, not a corner detector\'s {list(OUTPUTS)}')
+  input_name = session.get_inputs()[0].name
+  return _from_export(lambda images: session.run(None, {input_name: images}), meta, path)
+
+
+def load_jax_export(path):
+  """detector.jaxexport -> CornerDetectorModel (jax only; no flax model needed)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from inference.model import deserialize_jax_export  # pylint: disable=import-outside-toplevel
+  meta = read_export_metadata(path)
+  return _from_export(jax.jit(deserialize_jax_export(path).call), meta, path)
+
+
+def load_detector(path=None, num_threads=None):
+  """A corner detector: training workdir, release folder (default: released/corners-v1), export
+  folder (detector.onnx, else detector.jaxexport), or a .onnx / .jaxexport file. num_threads:
+  onnxruntime's threads for an ONNX detector."""
   path = path or DEFAULT_DIR
+  if path.endswith(('.onnx', '.jaxexport')):
+    if not os.path.isfile(path):
+      raise InputError(f'{path}: no such detector file')
+    return load_onnx(path, num_threads) if path.endswith('.onnx') else load_jax_export(path)
   if released.is_release(path):
     return load_release(path)
+  # ONNX first: serving without JAX is what the export is for.
+  for ext in ('.onnx', '.jaxexport'):
+    candidate = os.path.join(path, EXPORT_STEM + ext)
+    if os.path.isfile(candidate):
+      return load_detector(candidate, num_threads)
   if os.path.isfile(os.path.join(path, 'config.json')):
     return load_workdir(path)
-  raise InputError(f'{path}: neither a corner-detector release (model.json + variables.msgpack) '
-                   'nor a training workdir (config.json)')
+  raise InputError(f'{path}: neither a corner-detector release (model.json + variables.msgpack), '
+                   'an export (detector.onnx / detector.jaxexport) nor a training workdir '
+                   '(config.json)')

@@ -12,6 +12,11 @@ width, preprocessing, model config), so a registry built with the checkpoint acc
 Each artefact is checked against the JAX model on the same images; the max abs difference is
 returned and printed by the CLI. A model with an uncertainty head (issue 14) is exported with a
 second output, `log_variance` [B, D], checked the same way; the metadata says so.
+
+`export_detector` does the same for the corner detector (issue 15): detector.jaxexport and
+detector.onnx + detector.json beside the embedder's files, uint8 [B, S, S, 3] -> corners
+[B, 4, 2] in [0, 1] (the peak soft-argmax inference uses) and the presence logit [B]. An
+artefact that does not match the JAX model within DETECTOR_MAX_DIFF is not written.
 """
 import contextlib
 import io
@@ -76,7 +81,19 @@ def export_jax(fn, image_size, path):
   write_bytes_atomic(path, bytes(exported.serialize()))
 
 
-def export_onnx(fn, image_size, path, output_names=('embeddings',)):
+def _fresh_gather_folders():
+  """jax2onnx 0.13 registers the constant folders of its gather lowering on the first
+  conversion's context only (a process-wide flag in plugins/jax/lax/gather.py). jnp indexing
+  with a symbolic batch is a gather, which the folders turn into one Slice; in every later
+  to_onnx call of the process it became a GatherND, and MobileNetV2's torch padding (Pad, conv,
+  slice) then stayed unfolded: the embedder exported after the detector, or any second export,
+  got another, slower graph. Clearing the flag registers the folders on each conversion."""
+  from jax2onnx.plugins.jax.lax import gather  # pylint: disable=import-outside-toplevel
+  if getattr(gather, '_CONST_HANDLERS_REGISTERED', False):
+    gather._CONST_HANDLERS_REGISTERED = False  # pylint: disable=protected-access
+
+
+def export_onnx(fn, image_size, path, output_names=('embeddings',), model_name='embedder'):
   from inference.atomic import write_with_atomic
   # jax2onnx prints debug lines to stdout and logs plugin import noise: keep the CLI's
   # stdout clean (it may be JSON) and its stderr readable.
@@ -84,8 +101,9 @@ def export_onnx(fn, image_size, path, output_names=('embeddings',)):
     logging.getLogger(name).setLevel(logging.ERROR)
   with contextlib.redirect_stdout(io.StringIO()):
     from jax2onnx import to_onnx  # export-time only dependency
+    _fresh_gather_folders()
     spec = jax.ShapeDtypeStruct(('B', image_size, image_size, 3), jnp.uint8)
-    proto = to_onnx(fn, [spec], model_name='embedder', input_names=['images'],
+    proto = to_onnx(fn, [spec], model_name=model_name, input_names=['images'],
                     output_names=list(output_names))
   from inference.onnx_graph import optimize_for_onnxruntime  # needs onnx, export-time only
   proto, _ = optimize_for_onnxruntime(proto)
@@ -135,4 +153,94 @@ def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images
     if reference_log_var is not None:
       results[fmt]['log_variance_max_abs_diff'] = float(np.abs(got_log_var
                                                               - reference_log_var).max())
+  return results
+
+
+# Largest difference an exported detector may make against the JAX model on the check images:
+# corners in image fractions (1e-3 is 0.2 px at 192 px; float32 reordering makes ~1e-6, a peak
+# that moved to another heatmap cell makes >= 1/24) and the presence logit.
+DETECTOR_MAX_DIFF = {'corners': 1e-3, 'presence': 1e-3}
+
+
+def detector_check_photos(size, n=4, seed=0):
+  """uint8 [n, size, size, 3]: a light page with dark lines, in perspective, on a noisy darker
+  desk. The parity check needs clear corners: on random pixels a detector's heatmap peaks can
+  nearly tie, and float32 rounding then picks another cell in one runtime than in the other."""
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(seed)
+  photos = []
+  for _ in range(n):
+    desk = rng.randint(20, 110, (size, size, 3)).astype(np.uint8)
+    img = Image.fromarray(desk)
+    draw = ImageDraw.Draw(img)
+    centre = size * (0.5 + rng.uniform(-0.08, 0.08, 2))
+    half = size * rng.uniform(0.2, 0.38, 2)
+    quad = centre + np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    quad += rng.uniform(-0.06, 0.06, (4, 2)) * size
+    draw.polygon([tuple(p) for p in quad], fill=tuple(int(v) for v in rng.randint(200, 256, 3)))
+    for t in np.linspace(0.2, 0.8, 6):  # text-like lines across the page
+      a, b = quad[0] + t * (quad[3] - quad[0]), quad[1] + t * (quad[2] - quad[1])
+      draw.line([tuple(a + 0.15 * (b - a)), tuple(a + 0.8 * (b - a))], fill=(30, 30, 30),
+                width=max(1, size // 96))
+    photos.append(np.asarray(img, np.uint8))
+  return np.stack(photos)
+
+
+def export_detector(detector_model, out_dir, formats=('jax', 'onnx'), check_images=None,
+                    max_diff=None):
+  """Writes detector.{jaxexport,onnx} and detector.json into out_dir; returns {'jax': {...},
+  'onnx': {...}} with paths and parity figures (max |diff| of corners and presence logits
+  against the JAX model on check_images, uint8 [N, S, S, 3]; detector_check_photos if None).
+
+  Each artefact is written and checked in a temporary folder inside out_dir and only then
+  moved into place (atomic writes): one over max_diff (DETECTOR_MAX_DIFF) raises ValueError
+  and leaves out_dir as it was.
+  """
+  import shutil  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
+  if detector_model.variables is None:
+    raise ValueError(f'{detector_model.source}: export needs a checkpoint or release, not an '
+                     'export')
+  max_diff = dict(DETECTOR_MAX_DIFF, **(max_diff or {}))
+  size = detector_model.image_size
+  config, variables = detector_model.model_config, detector_model.variables
+  fns = {'jax': detector_lib.detect_fn(portable_model_config(config), variables),
+         'onnx': detector_lib.detect_fn(onnx_model_config(config), variables)}
+  if check_images is None:
+    check_images = detector_check_photos(size)
+  reference = detector_model.detect_logits(check_images)
+  metadata = detector_model.metadata()
+  stem = detector_lib.EXPORT_STEM
+  os.makedirs(out_dir, exist_ok=True)
+  results = {}
+  for fmt in formats:
+    ext = {'jax': '.jaxexport', 'onnx': '.onnx'}[fmt]
+    tmp_dir = tempfile.mkdtemp(prefix='.detector-export-', dir=out_dir)
+    try:
+      tmp_path = os.path.join(tmp_dir, stem + ext)
+      write_json_atomic(os.path.join(tmp_dir, stem + '.json'), metadata)
+      if fmt == 'jax':
+        export_jax(fns['jax'], size, tmp_path)
+      else:
+        export_onnx(fns['onnx'], size, tmp_path, detector_lib.OUTPUTS, model_name='detector')
+      got = detector_lib.load_detector(tmp_path, num_threads=1).detect_logits(check_images)
+      diff = {name: float(np.abs(g - r).max()) for name, g, r in
+              zip(detector_lib.OUTPUTS, got, reference)}
+      over = [f'{k} {v:.3g} > {max_diff[k]:g}' for k, v in diff.items() if not v <= max_diff[k]]
+      if over:
+        raise ValueError(f'{fmt} export of the detector {detector_model.source} differs from the '
+                         f'JAX model on {len(check_images)} images ({", ".join(over)}): not '
+                         'written')
+      path = os.path.join(out_dir, stem + ext)
+      # Metadata first, as export_model does: it is identical for both artefacts.
+      write_json_atomic(os.path.join(out_dir, stem + '.json'), metadata)
+      with open(tmp_path, 'rb') as f:
+        write_bytes_atomic(path, f.read())
+    finally:
+      shutil.rmtree(tmp_dir, ignore_errors=True)
+    results[fmt] = {'path': path, 'bytes': os.path.getsize(path),
+                    'corners_max_abs_diff': diff['corners'],
+                    'presence_max_abs_diff': diff['presence'],
+                    'check_images': int(len(check_images))}
   return results

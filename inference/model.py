@@ -181,18 +181,22 @@ def load_checkpoint(workdir, step=None):
                         source=f'{workdir} (step {step})')
 
 
-def load_jax_export(path):
-  """A `*.jaxexport` written by inference/export.py -> EmbeddingModel (no flax model needed)."""
-  meta = read_export_metadata(path)
+def deserialize_jax_export(path):
+  """A `*.jaxexport` file -> jax.export.Exported; a damaged file is one CorruptFileError."""
   with open(path, 'rb') as f:
     data = f.read()
   try:
-    exported = jax.export.deserialize(bytearray(data))
+    return jax.export.deserialize(bytearray(data))
   except Exception as e:  # pylint: disable=broad-except  (flatbuffer parsing of untrusted bytes
     # fails with whatever the parser trips on: struct.error, IndexError, ...)
     raise CorruptFileError(f'{path}: not a readable jax.export file ({len(data)} bytes; '
                            f'truncated or damaged? {type(e).__name__})') from None
-  return EmbeddingModel.from_exported(jax.jit(exported.call), meta, path)
+
+
+def load_jax_export(path):
+  """A `*.jaxexport` written by inference/export.py -> EmbeddingModel (no flax model needed)."""
+  meta = read_export_metadata(path)
+  return EmbeddingModel.from_exported(jax.jit(deserialize_jax_export(path).call), meta, path)
 
 
 def load_model(path):

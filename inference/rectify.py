@@ -63,11 +63,15 @@ def rectify_or_whole(rgb, detection, min_confidence):
   return rectify(rgb, quad), info
 
 
-def _bilinear(img, xs, ys):
-  h, w = img.shape
+def _bilinear(img, xs, ys, origin=(0, 0), full_shape=None):
+  """img sampled at (xs, ys), bilinear. img may be a crop of a larger image of `full_shape`
+  whose pixel (x, y) is img[y - origin[1], x - origin[0]]: the points are clamped to the full
+  image, as without the crop, so the values are the same as on the full image."""
+  h, w = full_shape or img.shape
   xs, ys = np.clip(xs, 0, w - 1.001), np.clip(ys, 0, h - 1.001)
   x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
   fx, fy = xs - x0, ys - y0
+  x0, y0 = x0 - origin[0], y0 - origin[1]
   return ((img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx) * (1 - fy) +
           (img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx) * fy)
 
@@ -79,32 +83,69 @@ def _fit_line(points):
   return centre, vt[0]
 
 
+# Pillow's GaussianBlur(1.2) is three box passes of radius under 1 px: a pixel's blurred value
+# depends on pixels at most 3 px away. A crop this much wider than the pixels read blurs to the
+# same values there.
+BLUR_SIGMA, BLUR_MARGIN = 1.2, 8
+
+
+def _read_box(xs, ys, small_size, margin=BLUR_MARGIN):
+  """(x0, y0, x1, y1) of the working image (small_size: width, height) that refine_quad reads
+  for points (xs, ys): their bounding box, clamped as _bilinear clamps, +1 for the bilinear
+  neighbours, and the blur's margin."""
+  w, h = small_size
+  x0 = int(np.floor(np.clip(xs.min(), 0, w - 1.001))) - margin
+  y0 = int(np.floor(np.clip(ys.min(), 0, h - 1.001))) - margin
+  x1 = int(np.floor(np.clip(xs.max(), 0, w - 1.001))) + 2 + margin
+  y1 = int(np.floor(np.clip(ys.max(), 0, h - 1.001))) + 2 + margin
+  return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+def _edge_image(rgb, small_size, box):
+  """The photo scaled to small_size (bilinear), grey, blurred, as float32 over `box` of it, and
+  the crop's origin. Only that part is greyed and blurred, with the same values as the whole
+  image's there. The resize stays whole: Pillow's resize of a box of the photo (aligned to the
+  output grid) rounded some pixels one level off the whole resize's (its fixed-point weights
+  depend on the whole set of filter weights), so only the blur is cropped."""
+  x0, y0, x1, y1 = box
+  if small_size == rgb.shape[1::-1]:
+    small = Image.fromarray(rgb[y0:y1, x0:x1])
+  else:
+    small = Image.fromarray(rgb).resize(small_size, Image.BILINEAR).crop(box)
+  gray = small.convert('L').filter(ImageFilter.GaussianBlur(BLUR_SIGMA))
+  return np.asarray(gray, np.float32), (x0, y0)
+
+
 def refine_quad(rgb, quad, search=0.06, samples=40, work_side=640):
   """Snaps each side of a detected quad to the strongest straight edge near it (classical,
   numpy): along the side, the largest brightness step across it within +-`search` of the
   document's diagonal; a robust line through those points; the corners where adjacent lines
   meet. A side without a clear edge, or a corner that would move further than the search
-  range, keeps the detector's answer. Works on the photo scaled to `work_side` px."""
+  range, keeps the detector's answer. Works on the photo scaled to `work_side` px, greyed and
+  blurred where the sides are searched (_edge_image)."""
   quad = np.asarray(quad, np.float64)
   if quads.quad_problem(quad, rgb.shape[1], rgb.shape[0]):
     return quad
   scale = min(1.0, work_side / max(rgb.shape[:2]))
-  small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize(
-      (max(int(rgb.shape[1] * scale), 1), max(int(rgb.shape[0] * scale), 1)), Image.BILINEAR))
-  gray = np.asarray(Image.fromarray(small).convert('L').filter(ImageFilter.GaussianBlur(1.2)),
-                    np.float32)
+  small_size = ((max(int(rgb.shape[1] * scale), 1), max(int(rgb.shape[0] * scale), 1))
+                if scale != 1.0 else tuple(rgb.shape[1::-1]))
   q = quad * scale
   reach = search * quads.document_diagonal(q)
   offsets = np.linspace(-reach, reach, max(int(2 * reach), 8) + 1)
-  lines = []
-  for i in range(4):
+  sides = []
+  for i in range(4):  # where each side is searched: points along it, across it
     a, b = q[i], q[(i + 1) % 4]
     along = (b - a) / np.linalg.norm(b - a)
     normal = np.array([along[1], -along[0]])  # points out of a clockwise quad (y down)
     t = np.linspace(0.12, 0.88, samples)[:, None]
     base = a + t * (b - a)                                  # [S, 2]
     pts = base[:, None, :] + offsets[None, :, None] * normal  # [S, O, 2]
-    profile = _bilinear(gray, pts[..., 0], pts[..., 1])     # [S, O]
+    sides.append((base, normal, pts))
+  every = np.concatenate([pts.reshape(-1, 2) for _, _, pts in sides])
+  gray, origin = _edge_image(rgb, small_size, _read_box(every[:, 0], every[:, 1], small_size))
+  lines = []
+  for base, normal, pts in sides:
+    profile = _bilinear(gray, pts[..., 0], pts[..., 1], origin, small_size[::-1])  # [S, O]
     step = np.abs(np.diff(profile, axis=1))                 # [S, O - 1]
     best = np.argmax(step, axis=1)
     strength = step[np.arange(samples), best]

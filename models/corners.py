@@ -26,6 +26,28 @@ def cell_centres(h, w):
   return (jnp.arange(h, dtype=jnp.float32) + 0.5) / h, (jnp.arange(w, dtype=jnp.float32) + 0.5) / w
 
 
+def bilinear_weights(n_in, n_out):
+  """[n_out, n_in] float32: jax.image.resize's 'bilinear' along one axis (half-pixel centres,
+  antialiased, edge samples renormalised), as a matrix. The head upsamples with these instead of
+  calling jax.image.resize: the same einsum jax runs, but one the ONNX export can take with a
+  symbolic batch (jax2onnx's resize needs every dimension static)."""
+  inv_scale = n_in / n_out
+  sample = (np.arange(n_out) + 0.5) * inv_scale - 0.5
+  x = np.abs(sample[None, :] - np.arange(n_in)[:, None]) / max(inv_scale, 1.0)
+  w = np.maximum(0.0, 1.0 - x)                                       # [n_in, n_out]
+  total = w.sum(0, keepdims=True)
+  w = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps, w / np.where(total != 0, total, 1), 0)
+  w = np.where(((sample >= -0.5) & (sample <= n_in - 0.5))[None, :], w, 0)
+  return np.ascontiguousarray(w.T, np.float32)
+
+
+def upsample_bilinear(x, h, w):
+  """[B, h0, w0, C] -> [B, h, w, C], equal to jax.image.resize(x, (B, h, w, C), 'bilinear')."""
+  wy = jnp.asarray(bilinear_weights(x.shape[1], h), x.dtype)
+  wx = jnp.asarray(bilinear_weights(x.shape[2], w), x.dtype)
+  return jnp.einsum('bhwc,Hh,Ww->bHWc', x, wy, wx)
+
+
 def soft_argmax(logits):
   """logits [B, H, W, K] -> (corners [B, K, 2] as (x, y) in [0, 1], log-probabilities [B, H, W, K])."""
   b, h, w, k = logits.shape
@@ -45,7 +67,10 @@ def peak_soft_argmax(logits, radius=2):
   b, h, w, k = logits.shape
   flat = logits.reshape(b, h * w, k).astype(jnp.float32)
   peak = jnp.argmax(flat, axis=1)                                  # [B, K]
-  pi, pj = peak // w, peak % w
+  # Truncating division and a product, not // and %: the same on these non-negative indices,
+  # and what the ONNX export can take with a symbolic batch (jax2onnx's rem cannot).
+  pi = jax.lax.div(peak, jnp.asarray(w, peak.dtype))
+  pj = peak - pi * w
   ii, jj = jnp.arange(h)[None, :, None, None], jnp.arange(w)[None, None, :, None]
   near = (jnp.abs(ii - pi[:, None, None, :]) <= radius) & (jnp.abs(jj - pj[:, None, None, :]) <= radius)
   x = jnp.where(near, logits.astype(jnp.float32), -jnp.inf)
@@ -66,12 +91,12 @@ class CornerHead(nn.Module):
                                    name=name)
     conv = lambda features, k, name: Conv(features, k, dtype=self.dtype, impl=self.conv_impl,
                                           name=name)
-    b, h, w = taps[0].shape[:3]
+    h, w = taps[0].shape[1:3]
     fused = 0.0
     for n, t in enumerate(taps):
       t = nn.relu(bn(f'lateral{n}_bn')(conv(self.channels, 1, f'lateral{n}')(t)))
       if t.shape[1:3] != (h, w):
-        t = jax.image.resize(t, (b, h, w, t.shape[-1]), 'bilinear')
+        t = upsample_bilinear(t, h, w)
       fused = fused + t
     y = fused
     for n in range(2):

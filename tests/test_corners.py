@@ -1,5 +1,9 @@
 """Issue 15: the corner detector trains and checkpoints, captures place their corners, the rectifying
-warp is right, degenerate quads are refused."""
+warp is right, degenerate quads are refused; the detector exports (jax.export, ONNX) with parity
+and runs from ONNX without JAX; refine_quad's crop gives the whole image's answer."""
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +14,8 @@ from errors import InputError
 from inference import quads, rectify
 from input_pipeline import captures
 from tools.read_scalars import read_scalars
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_tiny_detector_trains_checkpoints_and_detects(tmp_path):
@@ -143,3 +149,163 @@ def test_refine_snaps_a_rough_quad_to_the_document_edges():
   refined = rectify.refine_quad(photo, rough)
   assert quads.corner_error_pct(refined, quad) < 0.5 * quads.corner_error_pct(rough, quad)
   assert quads.quad_iou(refined, quad) > 0.97
+
+
+# ---- export of the detector (jax.export and ONNX), loading it without JAX, refine_quad's crop ----
+
+def random_stats(variables, seed=1):
+  """Random batch statistics and scales: at initialisation (mean 0, variance 1, scale 1, bias 0)
+  a wrongly folded batch norm would still match (as tests/test_onnx_export.py)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(seed)
+
+  def perturb(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'var'" in name:
+      return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+    if "'mean'" in name or "'bias'" in name:
+      return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
+    if "'scale'" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return np.asarray(leaf)
+  return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
+@pytest.fixture(scope='module')
+def exported_detector(tmp_path_factory):
+  """configs/corners.py:tiny's detector (random, as a release folder) exported by the CLI's
+  helper (`inference.cli export --detector D --check-data ...`), both formats."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from inference import cli, detector, released  # pylint: disable=import-outside-toplevel
+  from inference.export import detector_check_photos  # pylint: disable=import-outside-toplevel
+  from models.corners import build_detector  # pylint: disable=import-outside-toplevel
+  c = corners_config.get_config('tiny')
+  size = c.data.image_size
+  variables = build_detector(c.model).init(jax.random.PRNGKey(0),
+                                           np.zeros((1, size, size, 3), np.uint8))
+  root = tmp_path_factory.mktemp('detector')
+  release = str(root / 'release')
+  released.save_release(release, c.model.to_dict(), random_stats(variables), size, {})
+  photos = []
+  for n, page in enumerate(detector_check_photos(96, 3, seed=2)):  # non-square photos
+    photos.append(str(root / f'photo{n}.png'))
+    Image.fromarray(page).resize((72 + 8 * n, 96)).save(photos[-1])
+  out = str(root / 'export')
+  results, text = cli.export_detector(argparse.Namespace(detector=release, out=out),
+                                      ('jax', 'onnx'), photos)
+  return detector.load_detector(release), out, results, text
+
+
+def test_exported_detector_matches_jax(exported_detector):
+  from inference import detector  # pylint: disable=import-outside-toplevel
+  from inference.export import detector_check_photos  # pylint: disable=import-outside-toplevel
+  model, out, results, text = exported_detector
+  assert results['fingerprint'] == model.fingerprint and len(text) == 2
+  size = model.image_size
+  x = detector_check_photos(size, 4, seed=5)
+  want = model.detect_logits(x)
+  for fmt, name in (('jax', 'detector.jaxexport'), ('onnx', 'detector.onnx')):
+    assert results[fmt]['path'].endswith(name) and results[fmt]['check_images'] == 3
+    assert results[fmt]['corners_max_abs_diff'] < 1e-5, results
+    assert results[fmt]['presence_max_abs_diff'] < 1e-4, results
+    loaded = detector.load_detector(results[fmt]['path'], num_threads=1)
+    assert loaded.fingerprint == model.fingerprint and loaded.variables is None
+    got = loaded.detect_logits(x)
+    assert got[0].shape == (4, 4, 2) and got[1].shape == (4,)
+    assert np.abs(got[0] - want[0]).max() < 1e-5 and np.abs(got[1] - want[1]).max() < 1e-4
+  assert not [p for p in os.listdir(out) if p.startswith('.')]  # no temporary folder left
+
+
+def test_onnx_detector_loads_without_jax_and_finds_the_same_quad(exported_detector, tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  model, out, _, _ = exported_detector
+  photo = np.asarray(Image.fromarray(_checkerboard(160, 100)).resize((120, 90)))
+  np.save(tmp_path / 'photo.npy', photo)
+  want = model.detect(photo)
+  # The export folder as --detector: ONNX is taken, with JAX and flax made unimportable.
+  script = f"""
+import sys; sys.modules['jax'] = None; sys.modules['flax'] = None
+import json
+import numpy as np
+from inference import detector, rectify
+d = detector.load_detector({out!r})
+found = d.detect(np.load({str(tmp_path / 'photo.npy')!r}))
+image, info = rectify.rectifier(d)(np.load({str(tmp_path / 'photo.npy')!r}))
+print(json.dumps({{'source': d.source, 'quad': found['quad'].tolist(),
+                  'confidence': found['confidence'], 'ndim': image.ndim}}))
+"""
+  proc = subprocess.run([sys.executable, '-c', script], cwd=REPO, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  got = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert got['source'].endswith('detector.onnx') and got['ndim'] == 3
+  np.testing.assert_allclose(got['quad'], want['quad'], atol=1e-3)  # px of a 120 x 90 photo
+  assert abs(got['confidence'] - want['confidence']) < 1e-5
+
+
+def test_detector_export_over_the_bound_writes_nothing(exported_detector, tmp_path):
+  from inference.export import export_detector  # pylint: disable=import-outside-toplevel
+  model = exported_detector[0]
+  out = tmp_path / 'export'
+  with pytest.raises(ValueError, match='differs from the JAX model .*not written'):
+    export_detector(model, str(out), formats=('jax',), max_diff={'corners': -1.0})
+  assert os.listdir(out) == []
+
+
+def test_bad_detector_files_are_one_line(exported_detector, tmp_path):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from errors import CorruptFileError  # pylint: disable=import-outside-toplevel
+  from inference import detector  # pylint: disable=import-outside-toplevel
+  out = exported_detector[1]
+  bad = tmp_path / 'bad'
+  bad.mkdir()
+  shutil.copy(os.path.join(out, 'detector.json'), bad / 'detector.json')
+  cases = []
+  (bad / 'detector.onnx').write_bytes(open(os.path.join(out, 'detector.onnx'), 'rb').read()[:5000])
+  cases.append((str(bad / 'detector.onnx'), CorruptFileError, 'not a readable ONNX model'))
+  (bad / 'detector.jaxexport').write_bytes(b'\x00garbage')
+  cases.append((str(bad / 'detector.jaxexport'), CorruptFileError, 'not a readable jax.export'))
+  cases.append((str(bad), CorruptFileError, 'not a readable ONNX model'))  # the folder: ONNX
+  cases.append((str(tmp_path / 'missing.onnx'), InputError, 'no such detector file'))
+  cases.append((str(tmp_path), InputError, 'neither a corner-detector release'))
+  nometa = tmp_path / 'nometa'
+  nometa.mkdir()
+  shutil.copy(os.path.join(out, 'detector.onnx'), nometa / 'detector.onnx')
+  cases.append((str(nometa), InputError, 'missing metadata file'))
+  garbled = tmp_path / 'garbled'
+  garbled.mkdir()
+  shutil.copy(os.path.join(out, 'detector.onnx'), garbled / 'detector.onnx')
+  (garbled / 'detector.json').write_text('{"kind": "corner_detector", "image_size": "big"}')
+  cases.append((str(garbled), CorruptFileError, 'garbles image_size'))
+  embedder_meta = tmp_path / 'embedder_meta'
+  embedder_meta.mkdir()
+  shutil.copy(os.path.join(out, 'detector.onnx'), embedder_meta / 'detector.onnx')
+  (embedder_meta / 'detector.json').write_text('{"fingerprint": "x", "embed_dim": 8}')
+  cases.append((str(embedder_meta), InputError, "not a corner detector's export metadata"))
+  for path, kind, why in cases:
+    with pytest.raises(kind) as e:
+      detector.load_detector(path)
+    assert why in str(e.value) and '\n' not in str(e.value), (path, str(e.value))
+
+
+@pytest.mark.parametrize('size', [(300, 240), (1000, 700), (577, 1031)])
+def test_refine_quad_reads_a_crop_with_the_whole_photos_values(size, monkeypatch):
+  """refine_quad greys and blurs only the part of the working image it reads (_read_box): the
+  same quad as from the whole image (no crop, as before), to the bit."""
+  w, h = size
+  doc = _checkerboard(160, 100, cell=25)
+  rect = np.array([[0, 0], [160, 0], [160, 100], [0, 100]], np.float64)
+  quad = np.array([[0.2, 0.17], [0.83, 0.29], [0.77, 0.79], [0.13, 0.62]]) * [w, h]
+  coeffs = quads.homography(quad, rect).flatten()[:8]
+  photo = np.asarray(Image.fromarray(doc).transform((w, h), Image.Transform.PERSPECTIVE,
+                                                    tuple(coeffs), Image.BILINEAR))
+  rng = np.random.RandomState(w)
+  roughs = [quad + rng.normal(0, 0.02 * w, (4, 2)) for _ in range(3)]
+  cropped = [rectify.refine_quad(photo, r) for r in roughs]
+  monkeypatch.setattr(rectify, '_read_box', lambda xs, ys, small_size: (0, 0) + tuple(small_size))
+  whole = [rectify.refine_quad(photo, r) for r in roughs]
+  for c, wq, r in zip(cropped, whole, roughs):
+    assert np.array_equal(c, wq)
+  assert any(not np.array_equal(c, r) for c, r in zip(cropped, roughs))  # it did move corners

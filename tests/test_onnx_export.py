@@ -164,3 +164,17 @@ def test_pad_slice_fold_same_output_and_only_for_zero_padding():
     np.testing.assert_allclose(got, want, atol=1e-6)
     ops = [n.op_type for n in model.graph.node]
     assert ('Pad' in ops) == (not folded) and ('Slice' in ops) == (not folded)
+
+
+def test_a_second_export_in_the_process_gets_the_same_graph(tmp_path):
+  """jax2onnx registered its gather folders on the first conversion only: a later export turned
+  each static slice into a GatherND (inference/export.py _fresh_gather_folders)."""
+  import jax.numpy as jnp
+  from inference.export import export_onnx
+  counts = []
+  for n in range(2):
+    path = str(tmp_path / f'{n}.onnx')
+    export_onnx(lambda x: (x[:, :5, 1:6].astype(jnp.float32),), 8, path, ('y',))
+    ops = collections.Counter(node.op_type for node in onnx.load(path).graph.node)
+    counts.append((ops['Slice'], ops['GatherND']))
+  assert counts == [(1, 0), (1, 0)], counts

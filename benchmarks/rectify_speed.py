@@ -1,0 +1,167 @@
+r"""Per-photo cost of rectified embedding on one core (issue 15): detect + warp + embed vs embed.
+
+    python benchmarks/rectify_speed.py                                  # MIDV frames, released models
+    python benchmarks/rectify_speed.py --export_dir=/tmp/export         # reuse an `inference.cli
+                                                                        #   export --detector` folder
+
+Both runtimes, each in this one process: `jax` (the released embedder and corner detector, jitted)
+and `onnx` (the same two exported as `inference.cli export --detector` does, inference/export.py,
+run by onnxruntime). The photo is decoded once, beforehand (decoding is the same with or without
+rectification); each case starts from the decoded uint8 photo and ends with its embedding:
+- `embed`: the whole photo stretched to the embedder's square, embedded (what --no-rectify does);
+- `detect`: the photo stretched to the detector's square, corners and presence;
+- `refine`: inference/rectify.py `refine_quad` (numpy + Pillow; the same in both runtimes);
+- `warp`: rectify (Pillow perspective warp) + stretch to the embedder's square;
+- `detect+warp+embed`: the issue's target (< 20 ms on one core);
+- `detect+refine+warp+embed`: what `--rectify` does (inference/rectify.py `rectifier`).
+Photos: the first `--photos` frames of `--data` (MIDV, quads.csv order), cycled, so every case
+sees the same photo in each round; without the data, drawn pages (inference/export.py
+detector_check_photos) at 1024 px. Timed round-robin (benchmarks/timing.py), medians of
+`--rounds`; one JSON line per case and runtime, then one `target` line.
+"""
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+TARGET_MS = 20.0
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--data', default=os.path.join(REPO, '..', 'shared', 'data', 'midv_photos'),
+                 help='folder with quads.csv and its frames (MIDV); drawn pages if absent')
+  p.add_argument('--photos', type=int, default=8, help='photos, cycled over the rounds')
+  p.add_argument('--embedder', default='', help='default: the released embedder')
+  p.add_argument('--detector', default='', help='default: released/corners-v1')
+  p.add_argument('--export_dir', help='folder of `inference.cli export --detector` (onnx); '
+                 'default: export into a temporary folder now')
+  p.add_argument('--runtimes', default='jax,onnx')
+  p.add_argument('--threads', type=int, default=1)
+  p.add_argument('--rounds', type=int, default=15)
+  return p.parse_args()
+
+
+def pin_threads(threads):
+  """XLA, BLAS and the process itself on `threads` cores (as benchmarks/classify_latency.py);
+  onnxruntime gets the same number in its session options. Before JAX is imported."""
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             f' --xla_cpu_multi_thread_eigen={"true" if threads > 1 else "false"}'
+                             f' intra_op_parallelism_threads={threads}')
+  for var in ('OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS'):
+    os.environ[var] = str(threads)
+  os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+
+
+def read_photos(data, n):
+  """([uint8 [H, W, 3]], description): MIDV frames, or drawn pages when the data is absent."""
+  from inference.images import decode_image  # pylint: disable=g-import-not-at-top
+  quads_csv = os.path.join(data, 'quads.csv')
+  if os.path.isfile(quads_csv):
+    from benchmarks.corners_midv import read_frames  # pylint: disable=g-import-not-at-top
+    frames = read_frames(data)[:n]
+    return [decode_image(path) for path, _ in frames], f'{len(frames)} frames of {data}'
+  from inference.export import detector_check_photos  # pylint: disable=g-import-not-at-top
+  return list(detector_check_photos(1024, n)), f'{n} drawn pages, 1024 px (no {quads_csv})'
+
+
+def load_models(args, runtime, export_dir):
+  """(embedder, detector) for one runtime."""
+  from inference import detector as detector_lib  # pylint: disable=g-import-not-at-top
+  from inference import released  # pylint: disable=g-import-not-at-top
+  if runtime == 'jax':
+    from inference.model import load_model  # pylint: disable=g-import-not-at-top
+    return (load_model(args.embedder or released.DEFAULT_DIR),
+            detector_lib.load_detector(args.detector or None))
+  from inference.onnx_model import load_onnx  # pylint: disable=g-import-not-at-top
+  return (load_onnx(os.path.join(export_dir, 'embedder.onnx'), num_threads=args.threads),
+          detector_lib.load_detector(os.path.join(export_dir, 'detector.onnx'),
+                                     num_threads=args.threads))
+
+
+def export_onnx(args, jax_models, out_dir):
+  """Both models exported as `inference.cli export --formats onnx --detector` does."""
+  from inference.export import export_detector, export_model  # pylint: disable=g-import-not-at-top
+  embedder, detector = jax_models
+  export_model(embedder, out_dir, formats=('onnx',))
+  export_detector(detector, out_dir, formats=('onnx',))
+
+
+def cases(embedder, detector, min_confidence):
+  """{case: fn(rgb)}: each ends where its result is ready (an embedding, a quad, pixels)."""
+  from inference import rectify  # pylint: disable=g-import-not-at-top
+  from inference.images import to_model_input  # pylint: disable=g-import-not-at-top
+  embed = lambda rgb: embedder.embed(to_model_input(rgb, embedder.preprocessing)[None])
+  rectifier = rectify.rectifier(detector, min_confidence)
+  found = {}
+
+  def detect(rgb):
+    found[id(rgb)] = detector.detect(rgb)  # kept for refine / warp, which time only themselves
+    return found[id(rgb)]
+
+  def detect_warp_embed(rgb):
+    image, _ = rectify.rectify_or_whole(rgb, detector.detect(rgb), min_confidence)
+    return embed(image)
+
+  return {
+      'embed': embed,
+      'detect': detect,
+      'refine': lambda rgb: rectify.refine_quad(rgb, found[id(rgb)]['quad']),
+      'warp': lambda rgb: to_model_input(rectify.rectify_or_whole(
+          rgb, found[id(rgb)], min_confidence)[0], embedder.preprocessing),
+      'detect+warp+embed': detect_warp_embed,
+      'detect+refine+warp+embed': lambda rgb: embed(rectifier(rgb)[0]),
+  }
+
+
+def main():
+  args = parse_args()
+  pin_threads(args.threads)
+  from benchmarks import timing  # pylint: disable=g-import-not-at-top
+  from inference.rectify import DEFAULT_MIN_CONFIDENCE  # pylint: disable=g-import-not-at-top
+  photos, photo_text = read_photos(args.data, args.photos)
+  runtimes = args.runtimes.split(',')
+  models = {}
+  if 'jax' in runtimes or not args.export_dir:
+    models['jax'] = load_models(args, 'jax', None)
+  if 'onnx' in runtimes:
+    export_dir = args.export_dir
+    if not export_dir:
+      export_dir = tempfile.mkdtemp(prefix='rectify_speed_')
+      export_onnx(args, models['jax'], export_dir)
+    models['onnx'] = load_models(args, 'onnx', export_dir)
+  candidates = {}
+  for runtime in runtimes:
+    for case, fn in cases(*models[runtime], DEFAULT_MIN_CONFIDENCE).items():
+      if case in ('refine', 'warp') and runtime != runtimes[0]:
+        continue  # numpy + Pillow: the same code whatever runs the networks
+      cycle = itertools.cycle(photos)  # each candidate steps through the photos once per round
+      candidates[(runtime, case)] = (lambda f, c: lambda: f(next(c)))(fn, cycle)
+  # 'detect' must run before 'refine' and 'warp' on each photo: dicts keep insertion order, and
+  # the round-robin calls the candidates in that order every round (warmup included).
+  times = timing.interleaved_times(candidates, args.rounds * len(photos), warmup=len(photos))
+  medians = {}
+  for (runtime, case), samples in times.items():
+    s = timing.summary(samples)
+    medians[(runtime, case)] = s['wall_ms_median']
+    embedder, detector = models[runtime]
+    timing.emit({'bench': 'rectify_speed', 'case': case,
+                 'runtime': runtime if case not in ('refine', 'warp') else 'numpy+pillow', **s,
+                 'ratio_to_embed': round(s['wall_ms_median'] / medians[(runtime, 'embed')], 2),
+                 'photos': photo_text, 'photo_px': [list(p.shape[:2]) for p in photos][:1],
+                 'embedder': embedder.source, 'embedder_px': embedder.preprocessing['image_size'],
+                 'detector': detector.source, 'detector_px': detector.image_size,
+                 'threads': args.threads, **timing.environment()})
+  timing.emit({'bench': 'rectify_speed', 'case': 'target', 'target_ms': TARGET_MS,
+               **{f'{r}_detect+warp+embed_ms': medians[(r, 'detect+warp+embed')] for r in runtimes},
+               **{f'{r}_detect+refine+warp+embed_ms': medians[(r, 'detect+refine+warp+embed')]
+                  for r in runtimes},
+               'met': {r: medians[(r, 'detect+warp+embed')] < TARGET_MS for r in runtimes}})
+
+
+if __name__ == '__main__':
+  main()
