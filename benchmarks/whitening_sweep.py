@@ -1,12 +1,15 @@
 r"""The grid_pca head's choices, side by side on the real sets (issue 12; README "The released model").
 
   python benchmarks/whitening_sweep.py [--sizes 224,288] [--grids 1,2,3] [--dims 256,512]
+  python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 256,512,1024 --taps 13 --tap_grids 3,4
 
 For each input size: the frozen ImageNet MobileNetV2 (configs/release_grid.py's backbone) maps the
 rendered paperwork captures tools/fit_whitening.py fits on (the same config), and every image of
 us_forms and sroie_merchants; for each grid (1 = plain mean pooling) the region-pooled features
 are scored raw (cosine) and PCA-whitened to each dimension (fitted on the rendered captures only), by the
 evaluation protocol (TPR@1e-4 / AUROC / top-1). One JSON line per (size, grid, dim); dim 0 = raw.
+With --taps (v3): each grid's regions joined by those of MobileNetV2 block `--taps`'s map at each
+--tap_grid, the two parts at equal RMS norm (as configs/release_grid.py's part_weights (1, 1)).
 The shared sets only score the choices: the release's choices were read off this table, so its
 figures on these two sets are optimistic for unseen documents.
 """
@@ -32,11 +35,34 @@ SETS = ('us_forms', 'sroie_merchants')
 
 
 def feature_maps(config, images, batch=32):
+  """The last map, or (last map, tap map) when config.model.tap_blocks names a block."""
   model = build_model(config.model)
   variables = pretrained.init_embedder_variables(model, config.model, int(config.data.image_size))
-  fn = jax.jit(lambda x: model.apply(variables, x, mutable=['intermediates'])[1][
-      'intermediates']['backbone'][0])
-  return np.concatenate([np.asarray(fn(images[i:i + batch])) for i in range(0, len(images), batch)])
+  tapped = bool(config.model.get('tap_blocks', ()))
+
+  def maps(x):
+    inter = model.apply(variables, x, mutable=['intermediates'])[1]['intermediates']
+    backbone = inter['backbone'][0]
+    return (backbone, inter['backbone_taps'][0][0]) if tapped else backbone
+
+  fn = jax.jit(maps)
+  out = [jax.device_get(fn(images[i:i + batch])) for i in range(0, len(images), batch)]
+  if tapped:
+    return tuple(np.concatenate([o[k] for o in out]) for k in range(2))
+  return np.concatenate(out)
+
+
+def joined(maps, grid, tap_grid, scale=None):
+  """Region-pooled features; with a tap map, its regions appended at the RMS `scale` (fitted on
+  the first call: (features, scale))."""
+  if not isinstance(maps, tuple):
+    return np.asarray(region_pool(maps, grid), np.float64), None
+  last = np.asarray(region_pool(maps[0], grid), np.float64)
+  tap = np.asarray(region_pool(maps[1], tap_grid), np.float64)
+  if scale is None:
+    rms = lambda x: np.sqrt(np.mean(np.sum(x ** 2, 1)))
+    scale = rms(last) / rms(tap)
+  return np.concatenate([last, tap * scale], 1), scale
 
 
 def l2(x):
@@ -51,10 +77,14 @@ def main(argv=None):
   p.add_argument('--sizes', default='224,288')
   p.add_argument('--grids', default='1,2,3')
   p.add_argument('--dims', default='256,512')
+  p.add_argument('--taps', default='', help='a MobileNetV2 block whose map joins the regions')
+  p.add_argument('--tap_grids', default='4')
   args = p.parse_args(argv)
+  tap_grids = [int(g) for g in args.tap_grids.split(',')] if args.taps else [0]
   for size in map(int, args.sizes.split(',')):
     config = load_config(args.config)
     config.data.image_size = size
+    config.model.tap_blocks = (int(args.taps),) if args.taps else ()
     fit_maps = feature_maps(config, rendered.training_captures(
         config.data.paperwork, size, int(config.whiten.captures_per_template))[0])
     sets = {}
@@ -62,14 +92,16 @@ def main(argv=None):
       images, labels, is_register, _ = labelled_folder.load_labelled_folder(
           os.path.join(args.data, name), size)
       sets[name] = (feature_maps(config, images), labels, is_register)
-    for grid in map(int, args.grids.split(',')):
-      fit_x = np.asarray(region_pool(fit_maps, grid))
+    for grid, tap_grid in [(g, t) for g in map(int, args.grids.split(',')) for t in tap_grids]:
+      fit_x, scale = joined(fit_maps, grid, tap_grid)
       for dim in [0] + [int(d) for d in args.dims.split(',')]:
         row = dict(size=size, grid=grid, dim=dim or 'raw')
+        if args.taps:
+          row.update(tap=int(args.taps), tap_grid=tap_grid)
         if dim:
           kernel, bias, _ = fit_pca_whitening(fit_x, dim, config.whiten.eps)
         for name, (maps, labels, is_register) in sets.items():
-          x = np.asarray(region_pool(maps, grid), np.float64)
+          x = joined(maps, grid, tap_grid, scale)[0]
           e = l2(x @ kernel + bias if dim else x)
           m = verification.pair_metrics(e, labels, fprs=(1e-4,))
           row[name] = [round(m['tpr@fpr=1e-04'], 3), round(m['auroc'], 3),

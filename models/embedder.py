@@ -6,6 +6,7 @@ all take the same raw pixels.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from errors import ConfigError
 from models.heads import EmbeddingHead
 from models.efficientnet_lite import EfficientNetLite0  # issue 5: ImageNet-pretrainable
 from models.lcnet import LCNet
@@ -27,9 +28,14 @@ def create_backbone(model_config, dtype):
   if name == 'resnet':
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
   # issue 5 (localized): backbones with published ImageNet weights (models/pretrained.py)
+  side_taps = tuple(model_config.get('tap_blocks', ()))
+  if side_taps and name != 'mobilenet_v2':
+    raise ConfigError(f'config.model.tap_blocks={side_taps}: only the mobilenet_v2 backbone has '
+                      'side taps; set config.model.tap_blocks=()')
   if name == 'mobilenet_v2':
     return MobileNetV2(width=model_config.width, dtype=dtype,
-                       frozen_features=model_config.get('frozen_features', 0), **impls)
+                       frozen_features=model_config.get('frozen_features', 0),
+                       side_taps=side_taps, **impls)
   if name == 'efficientnet_lite0':
     return EfficientNetLite0(dtype=dtype, **impls)
   raise ValueError(f'config.model.backbone: unknown backbone {name!r} ({" | ".join(BACKBONES)})')
@@ -46,11 +52,16 @@ class Embedder(nn.Module):
     x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     x = x.astype(dtype)
     x = create_backbone(cfg, dtype)(x, train=train)
+    taps = ()
+    if cfg.get('tap_blocks', ()):  # (last map, [side tap maps]): the grid_pca head reads both
+      x, taps = x
+      self.sow('intermediates', 'backbone_taps', tuple(taps))  # benchmarks/whitening_sweep.py
     self.sow('intermediates', 'backbone', x)  # for the uncertainty head; a no-op otherwise
     return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
                          embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
                          conv_impl=cfg.get('conv_impl', 'auto'), grid=cfg.get('grid', 2),
-                         name='head')(x, train=train)
+                         tap_grid=cfg.get('tap_grid', 4),
+                         name='head')(x, train=train, taps=taps)
 
 
 def build_model(model_config):

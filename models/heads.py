@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from errors import ConfigError
 from models.layers import Conv
 
 HEADS = ('ln_bn', 'ln', 'bn', 'grid_pca')
@@ -40,15 +41,20 @@ class EmbeddingHead(nn.Module):
   dtype: jnp.dtype = jnp.float32
   conv_impl: str = 'auto'
   grid: int = 2  # 'grid_pca' only
+  tap_grid: int = 4  # 'grid_pca' with side taps: the windows over each side tap's map
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, taps=()):
     if self.kind not in HEADS:
       raise ValueError(f'config.model.head: unknown head {self.kind!r} ({" | ".join(HEADS)})')
     if self.kind == 'grid_pca':
-      x = region_pool(x.astype(jnp.float32), self.grid)
+      x = jnp.concatenate([region_pool(x.astype(jnp.float32), self.grid)] + [
+          region_pool(t.astype(jnp.float32), self.tap_grid) for t in taps], axis=-1)
       self.sow('intermediates', 'squeezed', x)  # the uncertainty head's input, as below
       return nn.Dense(self.embed_dim, name='whiten')(x)
+    if taps:
+      raise ConfigError(f'config.model.tap_blocks: side taps are read by the grid_pca head only, '
+                        f'not {self.kind!r}')
     x = Conv(self.squeeze_channels, use_bias=False, dtype=self.dtype, impl=self.conv_impl,
              name='squeeze')(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,

@@ -66,6 +66,10 @@ class MobileNetV2(nn.Module):
   # Feature taps (issue 15's corner detector): when set, returns [output of features_k for k in
   # feature_taps] and stops after the last one (blocks after it get no parameters).
   feature_taps: tuple = ()
+  # Side taps (issue 12's released embedder): when set, runs the whole network and returns
+  # (last feature map, [output of features_k for k in side_taps]): the grid_pca head also reads
+  # the stride-16 map, whose finer cells see a form's boxes and lines.
+  side_taps: tuple = ()
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -91,12 +95,13 @@ class MobileNetV2(nn.Module):
                           depthwise=True, **kw)
         y = conv_bn_relu6(y, train_block, f'{p}{j + 1}', f'{p}{j + 2}', c_out, relu=False, **kw)
         x = x + y if stride == 1 and c_in == c_out else y
-        if i in self.feature_taps:
+        if i in self.feature_taps or i in self.side_taps:
           taps.append(x)
-          if i == max(self.feature_taps):
+          if self.feature_taps and i == max(self.feature_taps):
             return taps
         i += 1
     last = make_divisible(1280 * max(1.0, self.width))
     if i <= frozen:
       x = jax.lax.stop_gradient(x)
-    return conv_bn_relu6(x, train and i >= frozen, f'features_{i}_0', f'features_{i}_1', last, **kw)
+    x = conv_bn_relu6(x, train and i >= frozen, f'features_{i}_0', f'features_{i}_1', last, **kw)
+    return (x, taps) if self.side_taps else x

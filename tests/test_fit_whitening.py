@@ -44,3 +44,28 @@ def test_fit_refuses_other_heads_in_one_line(tmp_path):
   config.model.head = 'ln_bn'
   with pytest.raises(fit_whitening.ConfigError, match='grid_pca head only'):
     fit_whitening.fit(config)
+
+
+def test_side_taps_join_the_whitened_vector_at_the_configured_weights():
+  # v3's layout at toy size: a random MobileNetV2 whose block-13 map is pooled beside the last map.
+  config = fit_whitening.load_config('configs/release_grid.py:tiny_taps')
+  model = build_model(config.model)
+  _, variables, _, info = fit_whitening.fit(config)
+  images, _ = fit_whitening.rendered_captures(config)
+  _, inter = model.apply(variables, images, mutable=['intermediates'])
+  pooled = np.asarray(inter['intermediates']['head']['squeezed'][0], np.float64)
+  sizes = fit_whitening.part_sizes(config.model, variables, pooled.shape[1])
+  # 64 px: 2x2 windows over the last map (1,280 channels: never narrowed below that) and 4x4
+  # windows over block 13's 4x4 map (96 x 0.25 = 24 channels).
+  assert sizes == [4 * 1280, 16 * 24] and info['feature_dim'] == sum(sizes)
+  for weights in [(1.0, 1.0), (1.0, 0.5)]:
+    scale = fit_whitening.part_scales(pooled, sizes, weights)
+    rms = [np.sqrt(np.mean(np.sum((pooled * scale)[:, a:b] ** 2, 1)))
+           for a, b in [(0, sizes[0]), (sizes[0], sum(sizes))]]
+    assert rms[1] / rms[0] == pytest.approx(weights[1], rel=1e-6)
+    assert np.all(scale[:sizes[0]] == 1.0)  # relative to the first part: one part changes nothing
+  z = np.asarray(model.apply(variables, images), np.float64)
+  corr = np.corrcoef(z.T)
+  assert np.abs(corr - np.eye(z.shape[1])).max() < 1e-3  # still whitened, scale folded in
+  with pytest.raises(fit_whitening.ConfigError, match='one weight per part'):
+    fit_whitening.part_scales(pooled, sizes, (1.0,))

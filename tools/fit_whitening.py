@@ -1,6 +1,6 @@
 r"""Fits the 'grid_pca' head's whitening on rendered paperwork and writes a released-model folder.
 
-  python tools/fit_whitening.py --config=configs/release_grid.py --out=released/docembed-v2
+  python tools/fit_whitening.py --config=configs/release_grid.py --out=released/docembed-v3
 
 The backbone is the config's (ImageNet weights from config.model.pretrained, as loaded for
 training); the head's Linear layer becomes the PCA whitening of the region-pooled features of
@@ -35,6 +35,32 @@ def rendered_captures(config):
                                     int(config.whiten.captures_per_template))
 
 
+def part_sizes(model_config, variables, width):
+  """Widths of the pooled vector's parts: the last map's regions, then each side tap's (a
+  MobileNetV2 block's output channels, read off its projection's batch-norm statistics)."""
+  stats = variables['batch_stats'].get('MobileNetV2_0', {})
+  taps = [int(model_config.get('tap_grid', 4)) ** 2 *
+          int(stats[f'features_{block}_conv_3']['mean'].shape[0])
+          for block in model_config.get('tap_blocks', ())]
+  return [width - sum(taps)] + taps
+
+
+def part_scales(pooled, sizes, weights):
+  """Per-column scale: part p's columns x weights[p] / (its RMS norm over the captures), relative
+  to the first part's (so with one part nothing changes)."""
+  weights = tuple(weights) or (1.0,) * len(sizes)
+  if len(weights) != len(sizes):
+    raise ConfigError(f'config.whiten.part_weights={weights}: need one weight per part '
+                      f'({len(sizes)}: the last map, then each of config.model.tap_blocks)')
+  if sum(sizes) != pooled.shape[1]:
+    raise ConfigError(f'pooled features have {pooled.shape[1]} columns, parts {sizes}')
+  ends = np.cumsum(sizes)
+  scale = np.empty(pooled.shape[1])
+  for w, a, b in zip(weights, ends - sizes, ends):
+    scale[a:b] = w / np.sqrt(np.mean(np.sum(np.square(pooled[:, a:b], dtype=np.float64), 1)))
+  return scale / scale[0]
+
+
 def fit(config):
   """(model_config dict, float32 variables, 16 of the captures for checks, info) of the whitened
   model."""
@@ -50,7 +76,13 @@ def fit(config):
   b = int(config.whiten.batch)
   pooled = np.concatenate([np.asarray(pooled_fn(variables, images[i:i + b]))
                            for i in range(0, len(images), b)])
-  kernel, bias, kept = fit_pca_whitening(pooled, int(m.embed_dim), float(config.whiten.eps))
+  # Each part (the last map's regions, then each side tap's) weighted as the config says after
+  # scaling to one RMS norm (the tap's 96 channels would otherwise count for little beside the
+  # last map's 1,280); the scale is folded into the kernel, so the head stays one Linear layer.
+  scale = part_scales(pooled, part_sizes(m, variables, pooled.shape[1]),
+                      config.whiten.get('part_weights', ()))
+  kernel, bias, kept = fit_pca_whitening(pooled * scale, int(m.embed_dim), float(config.whiten.eps))
+  kernel = kernel * scale[:, None]
   variables = {k: dict(v) for k, v in variables.items()}
   head = dict(variables['params']['head'])
   head['whiten'] = {'kernel': kernel.astype(np.float32), 'bias': bias.astype(np.float32)}
