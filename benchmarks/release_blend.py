@@ -2,9 +2,10 @@ r"""docembed-v1 (CosFace-trained on rendered captures) and v2 (whitened frozen I
 blended, on clean and degraded real sets (issue 12; README "The released model").
 
   python benchmarks/release_blend.py [--sets us_forms,sroie_merchants,midv_photos] [--weights 0,0.3,0.5,0.7,1]
+  python benchmarks/release_blend.py --other docembed-v3     # v1 with v3 instead of v2
 
 Each image is embedded by both releases; the blend concatenates sqrt(w) * v1 and sqrt(1 - w) * v2,
-so its cosine is w * cos_v1 + (1 - w) * cos_v2. Degraded: the queries re-captured by the training
+so its cosine is w * cos_v1 + (1 - w) * cos_v2 (v2, or the release --other names). Degraded: the queries re-captured by the training
 capture ops at full strength (inference/evaluate.degraded_copies, seed 0; `evaluate --degrade`),
 registered images clean. One JSON line per (set, degraded, w): TPR@1e-4, AUROC, top-1.
 """
@@ -31,9 +32,10 @@ def main(argv=None):
                                                  'data'))
   p.add_argument('--sets', default='us_forms,sroie_merchants,midv_photos')
   p.add_argument('--weights', default='0,0.3,0.5,0.7,1')
+  p.add_argument('--other', default='docembed-v2', help='the release blended with v1')
   args = p.parse_args(argv)
   v1 = load_release(os.path.join(RELEASED, 'docembed-v1'))
-  v2 = load_release(os.path.join(RELEASED, 'docembed-v2'))
+  v2 = load_release(os.path.join(RELEASED, args.other))
   for name in args.sets.split(','):
     images, labels, is_register, _ = labelled_folder.load_labelled_folder(
         os.path.join(args.data, name), 224)
