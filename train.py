@@ -366,6 +366,34 @@ def global_batch(batch, sharding):
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def source_counts(labels, classes):
+  """Examples of each source in a (host-local) batch, from the labels alone: source s owns labels
+  [first_label_s, first_label_s + num_classes_s) (train_data's class records)."""
+  firsts = [c['first_label'] for c in classes]
+  return np.bincount(np.searchsorted(firsts, labels, side='right') - 1, minlength=len(firsts))
+
+
+def source_shares(classes, counts):
+  """{'train/share/<source>': its fraction of the examples counted}. Mixing gives every host the
+  same quota of its local batch, so process 0's share is the global one."""
+  total = max(int(np.sum(counts)), 1)
+  return {f'train/share/{c["source"]}': float(n) / total for c, n in zip(classes, counts)}
+
+
+def describe_centers(centers, num_classes, config):
+  """(one log line, hparams) on W as the run holds it, read from the live array's sharding."""
+  rows, dim = centers.shape
+  block_rows = centers.sharding.shard_shape(centers.shape)[0]
+  blocks = rows // block_rows
+  sampled = partial_fc.samples_per_shard(num_classes, blocks, config.loss.sample_rate)
+  line = (f"PartialFC: W [{rows}, {dim}] held as {blocks} row blocks of {block_rows} over "
+          f"'model' ({len(centers.sharding.device_set)} devices); {sampled} of {block_rows} rows "
+          f'of each block sampled per step (sample_rate {config.loss.sample_rate}, '
+          f'center_update {config.loss.center_update})')
+  return line, {'pfc_row_blocks': blocks, 'pfc_rows_per_block': block_rows,
+                'pfc_sampled_per_block': sampled}
+
+
 def train_and_evaluate(config, workdir):
   """Trains, evaluates and checkpoints; resumes from the latest checkpoint in workdir.
 
@@ -455,7 +483,12 @@ def _train_and_evaluate(config, workdir, cleanup):
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   cleanup.callback(writer.close)
   num_params = sum(x.size for x in jax.tree.leaves(state.params['model']))
-  writer.write_hparams({'num_params': num_params, 'num_classes': num_classes})
+  hparams = {'num_params': num_params, 'num_classes': num_classes}
+  if config.loss.partial_fc:
+    line, pfc = describe_centers(state.params['head']['centers'], num_classes, config)
+    logging.info('%s', line)
+    hparams.update(pfc)
+  writer.write_hparams(hparams)
 
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   train_step = jit_train_step(config, model, tx, lr_fn, num_classes, mesh, shardings, teacher)
@@ -467,6 +500,7 @@ def _train_and_evaluate(config, workdir, cleanup):
       num_train_steps=config.num_train_steps, writer=writer, every_steps=config.log_every_steps)
   last_log_time, last_log_step = time.time(), start_step
   metrics_history = []
+  counts = np.zeros(len(classes), np.int64)  # examples per source since the last log
 
   max_bad = int(config.get('max_nonfinite_steps', 0))
   reported_bad = [int(jax.device_get(state.nonfinite_steps))]  # counted since step 0 (restored)
@@ -491,7 +525,9 @@ def _train_and_evaluate(config, workdir, cleanup):
 
   for step in range(start_step + 1, config.num_train_steps + 1):
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      batch = global_batch(next(train_iter), batch_sharding)
+      local = next(train_iter)
+      counts += source_counts(local['label'], classes)
+      batch = global_batch(local, batch_sharding)
       state, metrics = train_step(state, batch, step_rng, teacher_params)
     metrics_history.append(metrics)
     report_progress(step)
@@ -502,6 +538,8 @@ def _train_and_evaluate(config, workdir, cleanup):
       summary = {f'train/{k}': float(np.mean([m[k] for m in history])) for k in history[0]}
       now = time.time()
       summary['train/images_per_sec'] = (step - last_log_step) * config.batch_size / (now - last_log_time)
+      summary.update(source_shares(classes, counts))
+      counts[:] = 0
       if summary['train/loss'] == 0 and summary['train/grad_norm'] == 0:
         raise RunStopped(f'loss and gradient were exactly 0 for steps {last_log_step + 1}-{step}: '
                          'nothing is being learnt (one class per batch, or a broken head); '

@@ -2,17 +2,25 @@
 
   python main.py --config=configs/arcface_clip.py --workdir=gs://bucket/run     # production (TPU)
   python main.py --config=configs/arcface_clip.py:demo --workdir=/tmp/demo     # 2-core CPU, ~12 min
+  python main.py --config=configs/arcface_clip.py:smoke --workdir=/tmp/smoke \
+    --config.distill.teacher=CLIP_DIR --config.data.folder.root=DOCS \
+    --config.data.imagenet_per_image.data_dir=TFDS_DIR                       # every part, toy size
 
 The demo runs the same code on rendered paperwork (input_pipeline/paperwork.py), with a smaller
 batch and fewer steps; every field can still be overridden with --config.x=y.
+The smoke variant is the production recipe (the no-arg config) with every size shrunk and nothing
+else changed: all three sources, CLIP distillation, sparse PartialFC with W split over 'model',
+bf16, in-training eval and checkpoints, in a minute on 8 faked CPU devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8). tests/test_smoke_run.py runs it.
 """
 from configs import default
 
 
 def get_config(arg=None):
   arg = arg or ''
-  if arg not in ('', 'demo'):
-    raise ValueError(f'configs/arcface_clip.py: unknown variant {arg!r} (use no arg, or :demo)')
+  if arg not in ('', 'demo', 'smoke'):
+    raise ValueError(f'configs/arcface_clip.py: unknown variant {arg!r} (use no arg, :demo or '
+                     ':smoke)')
   c = default.get_config()
 
   c.model.backbone = 'lcnet'
@@ -29,7 +37,7 @@ def get_config(arg=None):
   c.optimizer.warmup_steps = 2000
   c.optimizer.grad_clip_norm = 5.0
 
-  if arg == '':
+  if arg in ('', 'smoke'):  # smoke: these choices, then only sizes shrunk below
     # ImageNet-1k with every training image its own class (1,281,167 classes) + document folders
     # + rendered paperwork; PartialFC keeps 30% of the class centres per step.
     c.data.sources = ('imagenet_per_image', 'folder', 'paperwork')
@@ -47,6 +55,50 @@ def get_config(arg=None):
     c.eval_every_steps = 2000
     c.checkpoint_every_steps = 2000
     c.log_every_steps = 100
+
+  if arg == 'smoke':
+    # Sizes, step counts, the mesh and the conv implementation only: a choice the production run
+    # makes (sources and their weights, ArcFace, PartialFC rate 0.3 with the sparse W update, the
+    # CLIP teacher on each source's clean view, bf16, async checkpoints) is not changed here.
+    # Paths it cannot know come from the command line:
+    #   --config.distill.teacher=<dir of a CLIP saved by save_pretrained>
+    #   --config.data.folder.root=<root/<type>/<image>>
+    #   --config.data.imagenet_per_image.data_dir=<TFDS dir holding a prepared imagenet2012>
+    # No default teacher: without the flag the run stops at start naming the field, instead of
+    # fetching ViT-B/32 from the hub for a toy run.
+    c.distill.teacher = ''
+    c.distill.image_size = 32        # the clean view at a tiny CLIP's own resolution
+    c.data.image_size = 32           # validate.py's minimum
+    c.model.width = 0.25
+    c.model.squeeze_channels = 8
+    c.model.embed_dim = 32
+    # What 'auto' resolves to on a TPU, i.e. what the production run executes. On CPU 'auto' would
+    # take the bf16 fallbacks (shifted taps, matmul convs: the native kernels are float32 only),
+    # whose compile costs this run ~25 s more on two cores.
+    c.model.depthwise_impl = 'xla'
+    c.model.conv_impl = 'xla'
+    # 2 x 4 on 8 devices, so that W is really split over 'model' (the production config keeps
+    # mesh.model = 1 so far; a pod run sets --config.mesh.model).
+    c.mesh.data = 2
+    c.mesh.model = 4
+    # Rate 0.3 must hold a global batch's positives on one shard (losses/partial_fc.py):
+    # ceil(0.3 * classes / 4) >= 32, i.e. >= ~430 classes, so the ImageNet split needs ~420+ images.
+    c.batch_size = 32
+    c.eval_batch_size = 32
+    c.data.imagenet_per_image.shuffle_buffer = 64
+    c.data.paperwork.num_templates = 6
+    c.data.paperwork.copies = 2
+    c.data.paperwork.template_size = 48
+    c.data.paperwork.render_workers = 1   # 12 tiny pages: spawning render processes costs more
+    c.data.synthetic.num_templates = 16   # only the held-out eval set is made from it
+    c.data.synthetic.template_size = 48
+    c.data.synthetic.heldout_templates = 6
+    c.data.synthetic.heldout_captures = 3
+    c.num_train_steps = 8
+    c.optimizer.warmup_steps = 1
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 4
 
   if arg == 'demo':
     # CPU, one device, ~12 minutes (measured: README): rendered paperwork only (input_pipeline/paperwork.py), from

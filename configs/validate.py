@@ -63,6 +63,13 @@ def validate_config(config, num_devices=None, process_count=None):
       raise ConfigError('config.distill: temperature must be > 0 and weight >= 0')
     if not config.distill.teacher and not config.distill.cache:
       raise ConfigError('config.distill.teacher: distillation is enabled but no teacher or cache is set')
+    others = [s for s in config.data.sources if s != 'synthetic']
+    if config.distill.cache and others:
+      # The cache is indexed by the synthetic source's clean images (tools/precompute_teacher.py);
+      # the other sources' examples have no entry in it.
+      raise ConfigError(f'config.distill.cache: precomputed teacher features exist for the '
+                        f'synthetic source only, not {others}; drop the cache (the teacher then '
+                        'runs in the step on every source\'s clean view) or those sources')
   if config.model.pretrained and config.model.backbone not in ('mobilenet_v2', 'efficientnet_lite0'):
     raise ConfigError(f'config.model.pretrained: ImageNet weights exist for mobilenet_v2 and '
                       f'efficientnet_lite0, not {config.model.backbone!r}')

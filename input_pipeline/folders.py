@@ -169,11 +169,13 @@ def shuffled_positions(n, seed, start_index):
 
 
 def file_source(paths, labels, num_classes, source_config, *, image_size, seed, process_index,
-                process_count, start_index=0, augment_config=None, views=False):
+                process_count, start_index=0, augment_config=None, views=False, teacher_size=0):
   """Infinite stream of this process's share of (file, view) items: {'image', 'label'}.
 
   paths/labels: every item of the source (all processes); item i goes to process i % count.
   views=True expands each image into its 24 view-classes (label * 24 + view).
+  teacher_size > 0 adds 'teacher_image': the item (the whole image, or its view) un-augmented,
+  stretched to teacher_size^2, for a distillation teacher.
   """
   n_images = len(paths)
   if views:
@@ -191,7 +193,8 @@ def file_source(paths, labels, num_classes, source_config, *, image_size, seed, 
   labels_t = tf.constant(labels, tf.int64)
   item_image_t = tf.constant(item_image, tf.int64)
   item_view_t = tf.constant(item_view, tf.int64)
-  max_side = int(source_config.get('decode_max_side', 0) or 2 * image_size)
+  # JPEGs decode at reduced scale; the teacher's clean view must not be upsampled from that.
+  max_side = int(source_config.get('decode_max_side', 0) or max(2 * image_size, teacher_size))
   decode = _decode_fn(max_side, int(source_config.get('max_pixels', 100_000_000)))
   # Augmentation draws: seeded per process, so hosts never share an augmentation.
   aug_key = int(np.random.default_rng([seed, process_index, 0x5EED]).integers(2**62))
@@ -206,9 +209,12 @@ def file_source(paths, labels, num_classes, source_config, *, image_size, seed, 
     if views:
       image = apply_view(image, view)
       label = label * NUM_VIEWS + view
-    image = augment_lib.process(image, tf.stack([tf.constant(aug_key, tf.int64), element_index]),
-                                augment_config, image_size)
-    return {'image': image, 'label': tf.cast(label, tf.int32)}
+    out = {'image': augment_lib.process(
+        image, tf.stack([tf.constant(aug_key, tf.int64), element_index]), augment_config,
+        image_size), 'label': tf.cast(label, tf.int32)}
+    if teacher_size:
+      out['teacher_image'] = augment_lib.resize_only(image, teacher_size)
+    return out
 
   positions = shuffled_positions(len(item_image), seed, start_index)
   indices = tf.data.Dataset.range(int(start_index), 2**62)
@@ -218,10 +224,11 @@ def file_source(paths, labels, num_classes, source_config, *, image_size, seed, 
 
 
 def make_source(source_config, *, image_size, seed, process_index=0, process_count=1,
-                start_index=0, augment_config=None, classes=None):
+                start_index=0, augment_config=None, classes=None, teacher_size=0):
   """The 'folder' source: (dataset of {'image': uint8 [S, S, 3], 'label': int32}, num_classes).
 
   source_config: root, label_mode, verify ('full' | 'header'), max_pixels, decode_max_side.
+  teacher_size: see file_source.
   classes: a list that, when given, receives the class names in label order (the folder keys;
   with label_mode 'view' each image key stands for its 24 view-classes).
   """
@@ -236,4 +243,4 @@ def make_source(source_config, *, image_size, seed, process_index=0, process_cou
   return file_source(paths, labels, num_classes, source_config, image_size=image_size,
                      seed=seed, process_index=process_index, process_count=process_count,
                      start_index=start_index, augment_config=augment_config,
-                     views=(label_mode == 'view'))
+                     views=(label_mode == 'view'), teacher_size=teacher_size)

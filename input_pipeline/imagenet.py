@@ -72,11 +72,13 @@ def _decode(data):
 
 
 def make_source(source_config, *, image_size, seed, process_index=0, process_count=1,
-                start_index=0, augment_config=None):
+                start_index=0, augment_config=None, teacher_size=0):
   """The 'imagenet_per_image' source: (dataset of {'image', 'label'[, 'original_label']}, classes).
 
   source_config: data_dir ('' -> $TFDS_DATA_DIR), tfds_name, label_mode ('image' | 'original'),
   keep_original_label, shuffle_buffer, num_examples (0: all).
+  teacher_size > 0 adds 'teacher_image': the whole image un-augmented, stretched to
+  teacher_size^2, for a distillation teacher.
   """
   builder, data_dir = _builder(source_config)
   label_mode = source_config.get('label_mode', 'image')
@@ -111,11 +113,13 @@ def make_source(source_config, *, image_size, seed, process_index=0, process_cou
   keep_original = bool(source_config.get('keep_original_label', False))
 
   def load(element_index, ex):
-    image = augment_lib.process(_decode(ex['data']),
-                                tf.stack([tf.constant(aug_key, tf.int64), element_index]),
+    decoded = _decode(ex['data'])
+    image = augment_lib.process(decoded, tf.stack([tf.constant(aug_key, tf.int64), element_index]),
                                 augment_config, image_size)
     label = ex['index'] if label_mode == 'image' else ex['original_label']
     out = {'image': image, 'label': tf.cast(label, tf.int32)}
+    if teacher_size:
+      out['teacher_image'] = augment_lib.resize_only(decoded, teacher_size)
     if keep_original:
       out['original_label'] = tf.cast(ex['original_label'], tf.int32)
     return out

@@ -151,13 +151,14 @@ def default_cache_dir():
 
 
 def make_source(source_config, *, image_size, seed, process_index=0, process_count=1,
-                start_index=0, augment_config=None, classes=None):
+                start_index=0, augment_config=None, classes=None, teacher_size=0):
   """The 'pdf' source: (dataset of {'image': uint8 [S, S, 3], 'label': int32}, num_classes).
 
   source_config: root, label_mode, cache_dir ('' -> ~/.cache/doc_embed/pdf_pages),
   render_side (0 -> 2 * image_size), max_pages (per PDF, 0: all).
   classes: a list that, when given, receives the class names in label order ('<pdf>#page_00003.png',
   or the PDF's path with label_mode 'document'; with 'view' each page stands for its 24 views).
+  teacher_size: see folders.file_source.
   """
   render_side = int(source_config.get('render_side', 0) or 2 * image_size)
   label_mode = source_config.get('label_mode', 'page')
@@ -171,4 +172,4 @@ def make_source(source_config, *, image_size, seed, process_index=0, process_cou
   return folders.file_source(pages, labels, num_classes, source_config, image_size=image_size,
                              seed=seed, process_index=process_index, process_count=process_count,
                              start_index=start_index, augment_config=augment_config,
-                             views=(label_mode == 'view'))
+                             views=(label_mode == 'view'), teacher_size=teacher_size)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 import file_io
+from input_pipeline import augment
 from input_pipeline import captures
 from input_pipeline import fonts
 from input_pipeline import image_io
@@ -145,25 +146,46 @@ class RenderedDocuments:
   def num_classes(self):
     return len(self.template_ids)
 
+  def _copy(self, seed):
+    """Which copy of the template the capture of `seed` shows (the first of _capture's draws)."""
+    s = tf.random.experimental.stateless_split(seed, 4)
+    return tf.random.stateless_uniform((), s[0], 0, self.copies, dtype=tf.int32)
+
   def _capture(self, label, seed):
     s = tf.random.experimental.stateless_split(seed, 4)
-    copy = tf.random.stateless_uniform((), s[0], 0, self.copies, dtype=tf.int32)
+    copy = self._copy(seed)
     other = tf.random.stateless_uniform((), s[1], 0, self.num_classes, dtype=tf.int32)
     return captures.capture(self._images[label, copy], self._boxes[label, copy], s[2],
                             self.image_size, self.strength, self._images[other, 0],
                             self._boxes[other, 0])
 
-  def labelled_capture(self, index):
-    """Capture number `index`: (image, label, corners)."""
+  def clean_page(self, label, seed, size):
+    """The page the capture of (label, seed) was made from, cut out of its canvas and stretched
+    to size^2 (as inference stretches an image): what a distillation teacher sees."""
+    copy = self._copy(seed)
+    b = tf.cast(tf.round(self._boxes[label, copy]), tf.int32)
+    return augment.resize_only(self._images[label, copy][b[1]:b[3], b[0]:b[2]], size)
+
+  def _label_and_seed(self, index):
     seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(index, tf.int64)])
     s = tf.random.experimental.stateless_split(seed, 2)
-    label = tf.random.stateless_uniform((), s[0], 0, self.num_classes, dtype=tf.int32)
-    image, corners = self._capture(label, s[1])
+    return tf.random.stateless_uniform((), s[0], 0, self.num_classes, dtype=tf.int32), s[1]
+
+  def labelled_capture(self, index):
+    """Capture number `index`: (image, label, corners)."""
+    label, seed = self._label_and_seed(index)
+    image, corners = self._capture(label, seed)
     return image, label, corners
 
-  def example(self, index):
-    image, label, _ = self.labelled_capture(index)
-    return {'image': image, 'label': label}
+  def example(self, index, teacher_size=0):
+    """Capture number `index`: {'image', 'label'}, and with teacher_size the clean page it shows
+    as 'teacher_image' (distillation: the teacher sees the document, not the capture)."""
+    label, seed = self._label_and_seed(index)
+    image, _ = self._capture(label, seed)
+    out = {'image': image, 'label': label}
+    if teacher_size:
+      out['teacher_image'] = self.clean_page(label, seed, teacher_size)
+    return out
 
   def example_of(self, label, index):
     """Capture `index` of class `label`, its own seed per (class, index), for fixed eval sets."""

@@ -48,21 +48,27 @@ def _paperwork_dataset(config, start_index, process_index, local_batch, global_b
   if docs.failures:
     logging.warning('paperwork: %d templates skipped (could not be laid out)', len(docs.failures))
   ds = _capture_indices(start_index, process_index, local_batch, global_batch)
-  ds = ds.map(docs.example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  size = teacher_view_size(config)
+  ds = ds.map(lambda index: docs.example(index, teacher_size=size),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds, docs.num_classes, docs.template_ids  # the templates that rendered, in label order
 
 
 # ---- distillation (issue 5): 'teacher_image', the un-augmented view at the teacher's size ----
+# Every source adds it (synthetic: the clean template; paperwork: the clean page; folder, pdf,
+# imagenet: the decoded image un-augmented), so the teacher sees each source's clean view and a
+# mix of sources gives the same keys. Precomputed features ('teacher_features') exist for the
+# synthetic source only: configs/validate.py refuses a cache with any other source.
 
 def needs_teacher_view(config):
   distill = config.get('distill', {})
   return bool(distill.get('enabled', False)) and not distill.get('teacher_on_augmented', False)
 
 
-def _without_teacher_view(config):
-  config = config.copy_and_resolve_references()
-  config.distill.teacher_on_augmented = True
-  return config
+def teacher_view_size(config):
+  """Side of the 'teacher_image' the non-synthetic sources add; 0: none (no distillation, or
+  the teacher on the augmented image)."""
+  return int(config.distill.get('image_size', 224)) if needs_teacher_view(config) else 0
 
 
 def _synthetic_teacher_view(docs, config):
@@ -97,6 +103,9 @@ def _synthetic_teacher_view(docs, config):
 def create_train_iterator(config, *, start_step, process_index=0, process_count=1, classes=None):
   """(iterator of numpy batches {'image': uint8 [b, H, W, 3], 'label': int32 [b]}, num_classes).
 
+  With distillation the batches also hold 'teacher_image' (each source's clean view, see above)
+  or, with config.distill.cache, 'teacher_features'.
+
   classes: a list that, when given, receives one record per source, in label order: {'source',
   'first_label', 'num_classes', 'names'} where names (class k of the source -> a key that names
   it: template id, folder key) is given where the source knows it and None otherwise. train.py
@@ -108,13 +117,6 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
   unknown = [s for s in sources if s not in SOURCES]
   if unknown:
     raise ValueError(f'config.data.sources: {unknown} not built yet (available: {SOURCES})')
-  non_synthetic = [s for s in sources if s != 'synthetic']
-  if needs_teacher_view(config) and non_synthetic:  # distillation (issue 5)
-    # Only the synthetic source can give the un-augmented view so far; all sources of a mix must
-    # give the same keys, so the teacher falls back to the augmented image (train.py resizes it).
-    logging.warning("distillation: sources %s give no un-augmented 'teacher_image'; the teacher "
-                    'sees the augmented view', non_synthetic)
-    config = _without_teacher_view(config)
   # Each source is a per-process stream; mixing gives source s a fixed quota of every batch,
   # so where each stream resumes is known from start_step alone (see input_pipeline/mixing.py).
   starts = mixing.consumed_before(config.data.weights, local_batch, start_step)
@@ -133,7 +135,7 @@ def create_train_iterator(config, *, start_step, process_index=0, process_count=
       ds, n = _FILE_SOURCES[name].make_source(
           config.data[name], image_size=config.data.image_size, seed=config.seed,
           process_index=process_index, process_count=process_count, start_index=start,
-          augment_config=config.data.augment, **kwargs)
+          augment_config=config.data.augment, teacher_size=teacher_view_size(config), **kwargs)
     streams.append(ds)
     class_counts.append(n)
     names.append(source_names or None)

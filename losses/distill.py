@@ -13,6 +13,7 @@ The result is multiplied by config.distill.weight and added to the margin loss.
 import jax
 import jax.numpy as jnp
 
+from errors import ConfigError
 from models import teacher as teacher_lib
 
 LOSSES = ('kl', 'cosine', 'kl+cosine')
@@ -61,16 +62,22 @@ def distill_loss(projected, teacher_feats, distill_config):
 def distill_term(distill_config, teacher, teacher_params, proj_params, embeddings, batch):
   """The train step's distillation term: (weighted loss, metrics).
 
-  Teacher features come from, in order: batch['teacher_features'] (the precomputed cache,
-  tools/precompute_teacher.py), the teacher on batch['teacher_image'] (the un-augmented view),
-  or the teacher on the student's augmented batch['image'] (config.distill.teacher_on_augmented,
-  or sources that give no clean view).
+  Teacher features come from: batch['teacher_features'] (the precomputed cache,
+  tools/precompute_teacher.py), else the teacher on the student's augmented batch['image']
+  (config.distill.teacher_on_augmented), else the teacher on batch['teacher_image'], the clean
+  view every source adds (input_pipeline/train_data.py). Anything else is refused when the step
+  is traced, in one line, instead of running the teacher on the wrong image (or on None).
   """
   if 'teacher_features' in batch:
     feats = batch['teacher_features']
   else:
-    view = batch.get('teacher_image')
-    if view is None or distill_config.get('teacher_on_augmented', False):
-      view = batch['image']
+    on_augmented = distill_config.get('teacher_on_augmented', False)
+    if teacher is None:
+      raise ConfigError("distillation: the batch has no 'teacher_features' and no teacher is "
+                        'loaded (config.distill.cache covers the synthetic source only)')
+    if not on_augmented and 'teacher_image' not in batch:
+      raise ConfigError("distillation: the batch has no 'teacher_image' (the clean view the "
+                        'input pipeline adds when config.distill.enabled)')
+    view = batch['image'] if on_augmented else batch['teacher_image']
     feats = teacher_lib.teacher_features(teacher, teacher_params, view)
   return distill_loss(project(proj_params, embeddings), feats, distill_config)

@@ -89,3 +89,19 @@ def test_real_tfrecords_slices_and_global_index(tmp_path):
     for x in _take(ds, N):  # two local epochs
       assert seen.setdefault(int(x['label']), x['image'].tobytes()) == x['image'].tobytes()
   assert n == N and sorted(seen) == list(range(N))
+
+
+def test_teacher_view_is_the_whole_image_unaugmented(tmp_path):
+  """Distillation: 'teacher_image' is the decoded image stretched to the teacher's size, the
+  same every epoch, while 'image' is augmented (each InputTestTinyImages image is flat grey)."""
+  InputTestTinyImages(data_dir=str(tmp_path)).download_and_prepare()
+  cfg = _cfg(data_dir=str(tmp_path), tfds_name='input_test_tiny_images', num_examples=0)
+  ds, _ = imagenet.make_source(cfg, image_size=16, seed=0, teacher_size=24,
+                               augment_config=default.get_config().data.augment)
+  grey = {}
+  for x in _take(ds, 2 * N):
+    view = x['teacher_image']
+    assert view.shape == (24, 24, 3) and x['image'].shape == (16, 16, 3)
+    assert view.min() == view.max() and view.max() % 10 == 0  # the flat file, not a capture
+    assert grey.setdefault(int(x['label']), int(view.max())) == view.max()
+  assert sorted(grey.values()) == list(range(0, 10 * N, 10))

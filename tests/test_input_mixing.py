@@ -87,3 +87,44 @@ def test_train_iterator_mixes_folder_pdf_and_synthetic(tiny_config, tmp_path):
   out = tmp_path / 'grid.png'
   assert preview.write_preview(c, str(out), rows=2, cols=4) == n
   assert Image.open(out).size == (4 * 34 + 2, 2 * 34 + 2)
+
+
+def test_every_source_gives_the_teacher_its_clean_view(tiny_config, tmp_path):
+  """Distillation over a mix: each example carries 'teacher_image', the un-augmented view of its
+  own source at the teacher's size (folder: the whole file; paperwork: the clean page; synthetic:
+  the template), while 'image' is augmented. Before, a mix dropped the view for every source."""
+  from PIL import Image
+  from input_pipeline import augment, rendered, train_data
+  colours = {'a': 30, 'b': 120, 'c': 210}
+  for t, v in colours.items():
+    (tmp_path / 'docs' / t).mkdir(parents=True)
+    Image.fromarray(np.full((40, 30, 3), v, np.uint8)).save(tmp_path / 'docs' / t / 'x.png')
+  c = tiny_config(**{'data.sources': ('folder', 'paperwork', 'synthetic'),
+                     'data.weights': (0.5, 0.25, 0.25), 'data.folder.root': str(tmp_path / 'docs'),
+                     'data.paperwork.cache_dir': str(tmp_path / 'pw'),
+                     'data.paperwork.render_workers': 1, 'distill.enabled': True,
+                     'distill.teacher': 'unused', 'distill.image_size': 24})
+  it, n = train_data.create_train_iterator(c, start_step=0)
+  batch = next(it)
+  assert batch['teacher_image'].shape == (16, 24, 24, 3) and batch['image'].shape[1] == 32
+  labels, views = batch['label'], batch['teacher_image']
+  folder = labels < 3
+  for label, view in zip(labels[folder], views[folder]):
+    assert (view == colours['abc'[label]]).all()  # the file as it is, not its augmentation
+  pw = c.data.paperwork
+  docs = rendered.RenderedDocuments(rendered.train_templates(pw), pw, 32)
+
+  def clean_pages(template):  # each copy's page cut out of its canvas, at the teacher's size
+    # pylint: disable=protected-access
+    pages = []
+    for k in range(pw.copies):
+      x0, y0, x1, y1 = np.round(docs._boxes[template, k].numpy()).astype(int)
+      page = docs._images[template, k].numpy()[y0:y1, x0:x1]
+      pages.append(augment.resize_only(page, 24).numpy())
+    return pages
+
+  paperwork = (labels >= 3) & (labels < 3 + docs.num_classes)
+  assert paperwork.any()
+  for template, view in zip(labels[paperwork] - 3, views[paperwork]):
+    assert any((view == page).all() for page in clean_pages(template))
+  assert n == 3 + docs.num_classes + 16

@@ -79,6 +79,51 @@ def test_clip_teacher_from_pytorch_safetensors(clip_dirs):
   np.testing.assert_allclose(got, want.pooler_output.numpy(), atol=1e-4)
 
 
+def test_flax_safetensors_load_without_the_pytorch_conversion(clip_dirs, tmp_path):
+  """save_pretrained(safe_serialization=True) of a Flax CLIP writes model.safetensors marked
+  'flax': from_pt='auto' reads it directly (the conversion path would first run the whole
+  model's random init), with the msgpack's features."""
+  clip_dirs['flax_model'].save_pretrained(tmp_path, safe_serialization=True)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json', 'model.safetensors']
+  assert not teacher_lib._saved_by_pytorch(str(tmp_path))  # pylint: disable=protected-access
+  assert not teacher_lib._saved_by_pytorch(clip_dirs['flax'])  # pylint: disable=protected-access
+  if 'pt' in clip_dirs:
+    assert teacher_lib._saved_by_pytorch(clip_dirs['pt'])  # pylint: disable=protected-access
+  images = _pixels(seed=2)
+  got = teacher_lib.load_clip_teacher(str(tmp_path))
+  want = teacher_lib.load_clip_teacher(clip_dirs['flax'])
+  np.testing.assert_array_equal(teacher_lib.teacher_features(got, got.params, images),
+                                teacher_lib.teacher_features(want, want.params, images))
+
+
+def test_teacher_inputs_that_cannot_work_are_refused(tiny_config):
+  """A feature cache covers the synthetic source only: with other sources it is refused at
+  start, in one line; a step that would call the teacher without a teacher or without the clean
+  view is refused when traced, instead of running on None or on the wrong image."""
+  from configs.validate import validate_config  # pylint: disable=import-outside-toplevel
+  from errors import ConfigError  # pylint: disable=import-outside-toplevel
+  c = tiny_config(**{'data.sources': ('synthetic', 'folder'), 'data.weights': (0.5, 0.5),
+                     'distill.enabled': True, 'distill.cache': '/x/cache.npz'})
+  with pytest.raises(ConfigError, match=r"synthetic source only, not \['folder'\]"):
+    validate_config(c)
+  c.data.sources, c.data.weights = ('synthetic',), (1.0,)
+  validate_config(c)
+  proj = distill.init_projection(jax.random.PRNGKey(0), 8, 4)
+  emb = jnp.ones((2, 8))
+  batch = {'image': jnp.zeros((2, 16, 16, 3), jnp.uint8)}
+  with pytest.raises(ConfigError, match="no 'teacher_features' and no teacher"):
+    distill.distill_term(c.distill, None, None, proj, emb, batch)
+  module = nn.Dense(4)
+  variables = module.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  teacher = teacher_lib.flax_module_teacher(module, variables, image_size=16, mean=(0.5,) * 3,
+                                            std=(0.25,) * 3, name='dense')
+  with pytest.raises(ConfigError, match="no 'teacher_image'"):
+    distill.distill_term(c.distill, teacher, teacher.params, proj, emb, batch)
+  c.distill.teacher_on_augmented = True  # the one case that runs the teacher on 'image'
+  loss, _ = distill.distill_term(c.distill, teacher, teacher.params, proj, emb, batch)
+  assert np.isfinite(float(loss))
+
+
 def test_bad_teacher_source_is_one_line_error(tmp_path):
   with pytest.raises(ValueError, match='cannot load its config'):
     teacher_lib.load_clip_teacher(str(tmp_path))  # an empty directory

@@ -7,8 +7,9 @@ image id instead of the teacher image, and the train step skips the teacher's fo
 run the teacher would otherwise cost a CLIP forward per example per epoch).
 
 Image ids: the synthetic source's clean images are its rendered templates, id = label *
-NUM_VARIANTS + variant (input_pipeline/train_data.py uses the same ids). File sources give no
-un-augmented view yet, so they have no cache either. Written atomically as one .npz:
+NUM_VARIANTS + variant (input_pipeline/train_data.py uses the same ids). The other sources have
+no image ids here: with them the teacher runs in the step on their clean views, and a cache is
+refused at start (configs/validate.py). Written atomically as one .npz:
 features [N, D] float16, teacher (name), image_size.
 """
 import argparse
