@@ -29,7 +29,7 @@ from input_pipeline import rendered  # pylint: disable=g-import-not-at-top
 from models import pretrained  # pylint: disable=g-import-not-at-top
 from models.embedder import build_model  # pylint: disable=g-import-not-at-top
 from models.heads import region_pool  # pylint: disable=g-import-not-at-top
-from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-at-top
+from models.whitening import fit_pca_whitening, part_scales  # pylint: disable=g-import-not-at-top
 
 SETS = ('us_forms', 'sroie_merchants')
 
@@ -53,16 +53,16 @@ def feature_maps(config, images, batch=32):
 
 
 def joined(maps, grid, tap_grid, scale=None):
-  """Region-pooled features; with a tap map, its regions appended at the RMS `scale` (fitted on
-  the first call: (features, scale))."""
+  """Region-pooled features; with a tap map, its regions appended, the parts at equal RMS norm
+  (models/whitening.part_scales with weights (1, 1), fitted on the first call: (features, scale))."""
   if not isinstance(maps, tuple):
     return np.asarray(region_pool(maps, grid), np.float64), None
   last = np.asarray(region_pool(maps[0], grid), np.float64)
   tap = np.asarray(region_pool(maps[1], tap_grid), np.float64)
+  x = np.concatenate([last, tap], 1)
   if scale is None:
-    rms = lambda x: np.sqrt(np.mean(np.sum(x ** 2, 1)))
-    scale = rms(last) / rms(tap)
-  return np.concatenate([last, tap * scale], 1), scale
+    scale = part_scales(x, [last.shape[1], tap.shape[1]], (1.0, 1.0))
+  return x * scale, scale
 
 
 def l2(x):

@@ -20,3 +20,19 @@ def fit_pca_whitening(x, dim, eps):
   std = s / np.sqrt(len(x))
   kernel = vt[:dim].T * (std[0] / (std[:dim] + eps * std[0]))
   return kernel, -mean @ kernel, float(np.sum(s[:dim] ** 2) / np.sum(s ** 2))
+
+
+def part_scales(pooled, sizes, weights):
+  """Per-column scale: part p's columns x weights[p] / (its RMS norm over the captures), relative
+  to the first part's (so with one part nothing changes)."""
+  weights = tuple(weights) or (1.0,) * len(sizes)
+  if len(weights) != len(sizes):
+    raise ConfigError(f'config.whiten.part_weights={weights}: need one weight per part '
+                      f'({len(sizes)}: the last map, then each of config.model.tap_blocks)')
+  if sum(sizes) != pooled.shape[1]:
+    raise ConfigError(f'pooled features have {pooled.shape[1]} columns, parts {sizes}')
+  ends = np.cumsum(sizes)
+  scale = np.empty(pooled.shape[1])
+  for w, a, b in zip(weights, ends - sizes, ends):
+    scale[a:b] = w / np.sqrt(np.mean(np.sum(np.square(pooled[:, a:b], dtype=np.float64), 1)))
+  return scale / scale[0]

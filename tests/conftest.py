@@ -17,6 +17,25 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def random_stats(variables, seed=1):
+  """`variables` with random batch statistics, scales and biases: at initialisation (mean 0,
+  variance 1, scale 1, bias 0) a wrongly folded batch norm would still match its export."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(seed)
+
+  def perturb(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if "'var'" in name:
+      return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
+    if "'mean'" in name or "'bias'" in name:
+      return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
+    if "'scale'" in name:
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return np.asarray(leaf)
+  return jax.tree_util.tree_map_with_path(perturb, variables)
+
+
 def tiny_demo_config(**overrides):
   """configs/arcface_clip.py:demo shrunk to seconds: 32 px, few templates, few steps."""
   from configs import arcface_clip

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import random_stats
 from configs import corners as corners_config
 from errors import InputError
 from inference import quads, rectify
@@ -152,24 +153,6 @@ def test_refine_snaps_a_rough_quad_to_the_document_edges():
 
 
 # ---- export of the detector (jax.export and ONNX), loading it without JAX, refine_quad's crop ----
-
-def random_stats(variables, seed=1):
-  """Random batch statistics and scales: at initialisation (mean 0, variance 1, scale 1, bias 0)
-  a wrongly folded batch norm would still match (as tests/test_onnx_export.py)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  rng = np.random.RandomState(seed)
-
-  def perturb(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "'var'" in name:
-      return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
-    if "'mean'" in name or "'bias'" in name:
-      return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
-    if "'scale'" in name:
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return np.asarray(leaf)
-  return jax.tree_util.tree_map_with_path(perturb, variables)
-
 
 @pytest.fixture(scope='module')
 def exported_detector(tmp_path_factory):

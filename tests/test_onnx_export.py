@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
+from conftest import random_stats
 from configs import default
 from inference import quantize
 from inference.export import export_model
@@ -31,19 +32,7 @@ def random_stats_model(backbone, width):
   config.model.squeeze_channels = 8
   variables = build_model(config.model).init(
       jax.random.PRNGKey(0), np.zeros((1, SIZE, SIZE, 3), np.uint8), train=False)
-  rng = np.random.RandomState(1)
-
-  def perturb(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if "'var'" in name:
-      return rng.uniform(0.5, 2.0, leaf.shape).astype(np.float32)
-    if "'mean'" in name or "'bias'" in name:
-      return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
-    if "'scale'" in name:
-      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
-    return np.asarray(leaf)
-
-  variables = jax.tree_util.tree_map_with_path(perturb, variables)
+  variables = random_stats(variables)
   return from_variables(config.model, variables, SIZE, source=f'{backbone}-{width} random')
 
 

@@ -26,7 +26,7 @@ from inference import released  # pylint: disable=g-import-not-at-top
 from input_pipeline import rendered  # pylint: disable=g-import-not-at-top
 from models import pretrained  # pylint: disable=g-import-not-at-top
 from models.embedder import build_model  # pylint: disable=g-import-not-at-top
-from models.whitening import fit_pca_whitening  # pylint: disable=g-import-not-at-top
+from models.whitening import fit_pca_whitening, part_scales  # pylint: disable=g-import-not-at-top
 
 
 def rendered_captures(config):
@@ -43,22 +43,6 @@ def part_sizes(model_config, variables, width):
           int(stats[f'features_{block}_conv_3']['mean'].shape[0])
           for block in model_config.get('tap_blocks', ())]
   return [width - sum(taps)] + taps
-
-
-def part_scales(pooled, sizes, weights):
-  """Per-column scale: part p's columns x weights[p] / (its RMS norm over the captures), relative
-  to the first part's (so with one part nothing changes)."""
-  weights = tuple(weights) or (1.0,) * len(sizes)
-  if len(weights) != len(sizes):
-    raise ConfigError(f'config.whiten.part_weights={weights}: need one weight per part '
-                      f'({len(sizes)}: the last map, then each of config.model.tap_blocks)')
-  if sum(sizes) != pooled.shape[1]:
-    raise ConfigError(f'pooled features have {pooled.shape[1]} columns, parts {sizes}')
-  ends = np.cumsum(sizes)
-  scale = np.empty(pooled.shape[1])
-  for w, a, b in zip(weights, ends - sizes, ends):
-    scale[a:b] = w / np.sqrt(np.mean(np.sum(np.square(pooled[:, a:b], dtype=np.float64), 1)))
-  return scale / scale[0]
 
 
 def fit(config):
