@@ -20,6 +20,12 @@ BACKBONES = ('lcnet', 'resnet', 'mobilenet_v2', 'efficientnet_lite0')
 
 def create_backbone(model_config, dtype):
   name = model_config.backbone
+  # Checked before any backbone is built: the others return a bare map, which Embedder would
+  # fail to unpack deep inside tracing.
+  side_taps = tuple(model_config.get('tap_blocks', ()))
+  if side_taps and name != 'mobilenet_v2':
+    raise ConfigError(f'config.model.tap_blocks={side_taps}: only the mobilenet_v2 backbone has '
+                      'side taps; set config.model.tap_blocks=()')
   # .get: config.json files written before conv_impl existed still build (and fingerprint) alike.
   impls = dict(depthwise_impl=model_config.depthwise_impl,
                conv_impl=model_config.get('conv_impl', 'auto'))
@@ -28,10 +34,6 @@ def create_backbone(model_config, dtype):
   if name == 'resnet':
     return ResNet(depth=model_config.resnet_depth, dtype=dtype)
   # issue 5 (localized): backbones with published ImageNet weights (models/pretrained.py)
-  side_taps = tuple(model_config.get('tap_blocks', ()))
-  if side_taps and name != 'mobilenet_v2':
-    raise ConfigError(f'config.model.tap_blocks={side_taps}: only the mobilenet_v2 backbone has '
-                      'side taps; set config.model.tap_blocks=()')
   if name == 'mobilenet_v2':
     return MobileNetV2(width=model_config.width, dtype=dtype,
                        frozen_features=model_config.get('frozen_features', 0),

@@ -1,6 +1,7 @@
 """tools/fit_whitening.py: the grid_pca head whitens rendered captures; the release it writes."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -69,3 +70,7 @@ def test_side_taps_join_the_whitened_vector_at_the_configured_weights():
   assert np.abs(corr - np.eye(z.shape[1])).max() < 1e-3  # still whitened, scale folded in
   with pytest.raises(fit_whitening.ConfigError, match='one weight per part'):
     fit_whitening.part_scales(pooled, sizes, (1.0,))
+  # Side taps on a backbone without them: one line when the model is built, not a trace error.
+  config.model.backbone = 'lcnet'
+  with pytest.raises(fit_whitening.ConfigError, match='only the mobilenet_v2 backbone'):
+    build_model(config.model).init(jax.random.PRNGKey(0), images[:1])
