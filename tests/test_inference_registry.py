@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.calibration import calibrate_registry, clopper_pearson
+from inference.calibration import (calibrate_registry, clopper_pearson, predictive_bound,
+                                   student_t_quantile)
 from inference.embedding import EmbeddingModel
 from inference.images import InputError, default_preprocessing, scan_registration_tree
 from inference.registry import Registry, UNKNOWN
@@ -215,3 +216,31 @@ def test_clopper_pearson_is_the_exact_binomial_interval(k, n):
   lo, hi = clopper_pearson(k, n)
   assert lo == pytest.approx(beta.ppf(0.025, k, n - k + 1) if k else 0.0, abs=1e-9)
   assert hi == pytest.approx(beta.ppf(0.975, k + 1, n - k) if k < n else 1.0, abs=1e-9)
+
+
+def test_student_t_quantile_matches_the_tables():
+  for p, dof, table in [(0.99, 4, 3.7469), (0.975, 1, 12.7062), (0.95, 30, 1.6973),
+                        (0.995, 200, 2.6006), (0.999, 2, 22.3271)]:
+    assert abs(student_t_quantile(p, dof) - table) < 1e-4, (p, dof)
+
+
+def test_predictive_bound_holds_its_rate_for_new_types_from_a_handful_of_types():
+  """Known answer: types whose captures are a normal type mean plus normal noise, 5 types seen
+  (8 captures each) per world; a capture of a fresh type exceeds the bound fitted on the 5 at
+  no more than the target rate over many worlds (a little less: the t quantile also widens the
+  well-estimated within-type part), but not at a rate near zero. The highest score seen (what a
+  quantile rule falls back to with so few captures) lets more through than the target."""
+  rng = np.random.RandomState(0)
+  target, worlds = 0.05, 3000
+  over_bound = over_max = 0
+  for _ in range(worlds):
+    means = rng.normal(0.3, 0.1, 5)
+    scores = (means[:, None] + rng.normal(0, 0.04, (5, 8))).ravel()
+    types = np.repeat(np.arange(5), 8)
+    fresh = rng.normal(0.3, 0.1) + rng.normal(0, 0.04)
+    over_bound += fresh > predictive_bound(scores, types, target)
+    over_max += fresh > scores.max()
+  lo, hi = clopper_pearson(over_bound, worlds)
+  assert lo <= target and hi > target / 2, (over_bound, lo, hi)
+  assert clopper_pearson(over_max, worlds)[0] > target, over_max
+  assert np.isnan(predictive_bound([0.1, 0.2], ['a', 'a'], target))  # one type: no bound
