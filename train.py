@@ -434,7 +434,8 @@ def _train_and_evaluate(config, workdir, cleanup):
                     'or label_mode=page), or mix in the synthetic source.')
   if config.loss.partial_fc:  # the sample count must hold a whole global batch's positives
     try:
-      partial_fc.validate_partial_fc_config(config, num_classes, mesh.shape['model'])
+      partial_fc.validate_partial_fc_config(config, num_classes, mesh.shape['model'],
+                                            mesh.shape['data'])
     except ValueError as e:
       raise ConfigError(str(e)) from None
 

@@ -5,6 +5,12 @@
   python benchmarks/partial_fc.py --probe               # largest class count for this machine
   python benchmarks/partial_fc.py --pod --batch 8192    # AOT: 64 devices, 29M classes, dim 512
   python benchmarks/partial_fc.py --pod_train_step --batch 8192 --rates 0.1,0.3   # whole train.py step
+  python benchmarks/partial_fc.py --pod_train_step --batch 8192 --rates 0.3 --logit_chunks 0,1024
+  python benchmarks/partial_fc.py --classes 1281167 --rates 0.3 --no-torch --logit_chunks 0,128
+  # the production recipe's head on a 32-chip slice, W whole on every chip vs split:
+  python benchmarks/partial_fc.py --pod_train_step --pod_classes 1281817 --pod_dim 256 --batch 1024 \
+      --rates 0.3 --devices 32 --meshes 32x1,8x4,1x32
+  python benchmarks/partial_fc.py --classes 1281817 --rates 0.3 --no-torch --meshes 8x1,2x4,1x8
 
 One JSON line per measurement. Every case runs in its own subprocess (peak RSS is per case, a
 case that runs out of memory does not kill the run). Step = sampling + forward + backward (grads
@@ -32,12 +38,13 @@ def _setup_jax(num_devices):
 # JAX head step.
 # ---------------------------------------------------------------------------------------------
 
-def head_config(sample_rate, batch_size):
+def head_config(sample_rate, batch_size, chunk=0):
   from configs import default
   c = default.get_config()
   c.batch_size = batch_size
   c.loss.margin = 'cosface'
   c.loss.sample_rate = sample_rate
+  c.loss.logit_chunk = chunk
   return c
 
 
@@ -137,14 +144,20 @@ def measure_matmul_rate(repeats=5):
   return 2 * n**3 / statistics.median(times)
 
 
-def run_jax(num_classes, sample_rate, update, batch, dim, steps, max_shards=8):
+def run_jax(num_classes, sample_rate, update, batch, dim, steps, max_shards=8, chunk=0,
+            mesh_shape=None):
   _setup_jax(max_shards)
   import jax
   import numpy as np
   from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-  config = head_config(sample_rate, batch)
-  shards = model_shards_for(config, num_classes, max_shards)
-  mesh = jax.make_mesh((max_shards // shards, shards), ('data', 'model'),
+  config = head_config(sample_rate, batch, chunk)
+  if mesh_shape:
+    from losses import partial_fc
+    partial_fc.validate_partial_fc_config(config, num_classes, mesh_shape[1], mesh_shape[0])
+  else:
+    shards = model_shards_for(config, num_classes, max_shards)
+    mesh_shape = (max_shards // shards, shards)
+  mesh = jax.make_mesh(tuple(mesh_shape), ('data', 'model'),
                        axis_types=(AxisType.Auto,) * 2)
   step = make_head_step(config, mesh, num_classes, update)
   rng = np.random.RandomState(0)
@@ -166,7 +179,7 @@ def run_jax(num_classes, sample_rate, update, batch, dim, steps, max_shards=8):
   step_s = statistics.median(times)
   flops = matmul_flops(batch, num_classes, dim, sample_rate)
   return {
-      'impl': 'jax', 'update': update, 'mesh': list(mesh.shape.values()),
+      'impl': 'jax', 'update': update, 'mesh': list(mesh.shape.values()), 'logit_chunk': chunk,
       'step_s_median': step_s, 'step_s_runs': times, 'compile_s': compile_s,
       'loss': float(loss),
       'xla_per_device_bytes': {'arguments': mem.argument_size_in_bytes,
@@ -236,7 +249,7 @@ def aot_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape, upd
           'compile_s': time.perf_counter() - t0}
 
 
-def aot_train_step_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape):
+def aot_train_step_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh_shape, chunk=0):
   """Per-device memory of the whole train.py step (LCNet-0.5 at 128 px, PartialFC with the
   sparse W update, AdamW on the rest), lowered and compiled from abstract inputs: nothing is
   allocated, so a pod-sized class count can be checked on this machine."""
@@ -253,9 +266,10 @@ def aot_train_step_bytes(num_classes, sample_rate, batch, dim, num_devices, mesh
   c.batch_size = batch
   c.model.embed_dim = dim
   c.loss.sample_rate = sample_rate
+  c.loss.logit_chunk = chunk
   c.mesh.data, c.mesh.model = mesh_shape
   from losses import partial_fc
-  partial_fc.validate_partial_fc_config(c, num_classes, mesh_shape[1])
+  partial_fc.validate_partial_fc_config(c, num_classes, mesh_shape[1], mesh_shape[0])
   mesh = train.create_mesh(c)
   model = build_model(c.model)
   lr_fn = train.create_learning_rate_fn(c)
@@ -294,12 +308,12 @@ def run_case(case):
   kind = case['kind']
   if kind == 'jax':
     out = run_jax(case['classes'], case['rate'], case['update'], case['batch'], case['dim'],
-                  case['steps'])
+                  case['steps'], chunk=case.get('chunk', 0), mesh_shape=case.get('mesh'))
   elif kind == 'torch':
     out = run_torch(case['classes'], case['rate'], case['batch'], case['dim'], case['steps'])
   elif kind == 'aot_train':
     out = aot_train_step_bytes(case['classes'], case['rate'], case['batch'], case['dim'],
-                               case['devices'], tuple(case['mesh']))
+                               case['devices'], tuple(case['mesh']), case.get('chunk', 0))
   else:
     out = aot_bytes(case['classes'], case['rate'], case['batch'], case['dim'],
                     case['devices'], tuple(case['mesh']))
@@ -343,7 +357,17 @@ def main():
   parser.add_argument('--probe', action='store_true')
   parser.add_argument('--pod', action='store_true')
   parser.add_argument('--pod_train_step', action='store_true')
+  parser.add_argument('--logit_chunks', default='0',
+                      help='config.loss.logit_chunk values to compare (0: no chunking)')
+  parser.add_argument('--meshes', default='',
+                      help="data x model shapes to compare, e.g. 8x1,1x8 (default: --pod's 1 x "
+                           "devices; the table: the most 'model' shards that fit)")
+  parser.add_argument('--devices', type=int, default=64, help='--pod_train_step: faked devices')
+  parser.add_argument('--pod_classes', type=int, default=29_000_000)
+  parser.add_argument('--pod_dim', type=int, default=512)
   args = parser.parse_args()
+  chunks = [int(c) for c in args.logit_chunks.split(',')]
+  meshes = [[int(v) for v in m.split('x')] for m in args.meshes.split(',') if m]
 
   if args.case:
     print(json.dumps(run_case(json.loads(args.case))), flush=True)
@@ -359,8 +383,10 @@ def main():
   if args.pod_train_step:
     # The whole train.py step for a 64-chip pod, W split over all 64 devices.
     for rate in [float(r) for r in args.rates.split(',')]:
-      emit(spawn(dict(base, kind='aot_train', classes=29_000_000, rate=rate, dim=512,
-                      devices=64, mesh=[1, 64])))
+      for mesh in meshes or [[1, args.devices]]:
+        for chunk in chunks:
+          emit(spawn(dict(base, kind='aot_train', classes=args.pod_classes, rate=rate,
+                          dim=args.pod_dim, devices=args.devices, mesh=mesh, chunk=chunk)))
     return
   if args.probe:
     # Double the class count until XLA's estimate for 8 devices exceeds the machine's memory.
@@ -378,7 +404,8 @@ def main():
     for rate in [float(r) for r in args.rates.split(',')]:
       jax_runs, torch_runs = {}, []
       for _ in range(args.rounds):
-        for update in args.updates.split(','):
+        for update, chunk, mesh in [(u, c, m) for u in args.updates.split(',') for c in chunks
+                                    for m in meshes or [None]]:
           aot = spawn(dict(base, kind='aot', classes=classes, rate=rate, devices=8, mesh=[1, 8]))
           estimate = aot.get('per_device_gib', 0) * 8
           emit(dict(aot, total_gib=estimate))
@@ -386,10 +413,10 @@ def main():
             emit(dict(aot, skipped=f'XLA estimate {estimate:.1f} GiB > budget or unknown'))
             continue
           r = spawn(dict(base, kind='jax', classes=classes, rate=rate, update=update,
-                         steps=args.steps))
+                         steps=args.steps, chunk=chunk, mesh=mesh))
           emit(r)
           if 'error' not in r:
-            jax_runs.setdefault(update, []).append(r['step_s_median'])
+            jax_runs.setdefault((update, chunk, str(mesh)), []).append(r['step_s_median'])
         if not args.no_torch:
           if not torch_fits(classes, rate, args.batch, args.dim, args.budget_gib):
             emit(dict(base, kind='torch', classes=classes, rate=rate, skipped='memory estimate'))
@@ -398,8 +425,9 @@ def main():
             emit(r)
             if 'error' not in r:
               torch_runs.append(r['step_s_median'])
-      for update, runs in jax_runs.items():
+      for (update, chunk, mesh), runs in jax_runs.items():
         summary = {'summary': True, 'classes': classes, 'rate': rate, 'update': update,
+                   'logit_chunk': chunk, 'mesh': mesh,
                    'jax_step_s': statistics.median(runs)}
         if torch_runs:
           summary['torch_step_s'] = statistics.median(torch_runs)

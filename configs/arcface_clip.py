@@ -50,8 +50,18 @@ def get_config(arg=None):
     c.batch_size = 1024
     c.num_train_steps = 50_000
     c.model.dtype = 'bfloat16'
-    c.mesh.data = -1
-    c.mesh.model = 1
+    # W (1.28M x 256) and its two AdamW moments split over every chip: XLA's memory analysis of
+    # the whole step on 32 faked devices gives 6.34 GiB per chip with W whole on each (32 x 1),
+    # 1.93 GiB at 8 x 4, 0.76 GiB at 1 x 32; split over all chips, the sampled rows' gradients
+    # also need no all-reduce over 'data' (README, PartialFC: benchmarks/partial_fc.py
+    # --pod_train_step ... --meshes). The batch is over every device either way (BATCH_AXES).
+    # Rate 0.3 keeps ceil(0.3 * classes / chips) >= 1024 centres per chip up to ~375 chips;
+    # past that the run stops at start saying so (set mesh.model to a divisor).
+    c.mesh.data = 1
+    c.mesh.model = -1
+    # The logits per chip are [1024, 0.3 * 1.28M / chips] (~50 MB on 32 chips): no chunking.
+    # A 29M-class pod at global batch 8192 needs it: --config.loss.logit_chunk=1024 (README).
+    c.loss.logit_chunk = 0
     c.eval_every_steps = 2000
     c.checkpoint_every_steps = 2000
     c.log_every_steps = 100
@@ -77,8 +87,8 @@ def get_config(arg=None):
     # whose compile costs this run ~25 s more on two cores.
     c.model.depthwise_impl = 'xla'
     c.model.conv_impl = 'xla'
-    # 2 x 4 on 8 devices, so that W is really split over 'model' (the production config keeps
-    # mesh.model = 1 so far; a pod run sets --config.mesh.model).
+    # 2 x 4 on 8 devices: W really split over 'model', and the 'data' axis more than one wide
+    # too (the production config splits W over every chip, data = 1).
     c.mesh.data = 2
     c.mesh.model = 4
     # Rate 0.3 must hold a global batch's positives on one shard (losses/partial_fc.py):

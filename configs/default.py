@@ -140,6 +140,9 @@ def get_config(arg=None):
   # Sparse is ~2x faster and lighter at 1.28M classes (README, benchmarks/partial_fc.py).
   c.loss.center_update = 'sparse'  # sparse | dense (PartialFC only)
   c.loss.interclass_filtering_threshold = 0.0  # 0 disables
+  # PartialFC: the logits of this many rows of each device's batch at a time (0: all at once).
+  # Trades a little step time for memory; the pod section of the README measures both.
+  c.loss.logit_chunk = 0
 
   # ---- Distillation (models/teacher.py, losses/distill.py) ----
   c.distill = ml_collections.ConfigDict()
