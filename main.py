@@ -2,15 +2,12 @@
 import os
 import sys
 
-# CPU speed (issue 7): glibc by default unmaps every freed buffer over 32 MiB, so each training step
-# page-faults its large activation buffers back in. `python benchmarks/train_step_speed.py
-# --default_malloc` times the step without this setting. glibc reads GLIBC_TUNABLES only at
-# start-up, so re-launch once with it. The cost: freed memory is kept until the process exits.
-MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296:'
-                   'glibc.malloc.trim_threshold=4294967296')
-if 'GLIBC_TUNABLES' not in os.environ and not os.environ.get('DOCEMBED_DEFAULT_MALLOC'):
-  os.environ['GLIBC_TUNABLES'] = MALLOC_TUNABLES
-  os.execv(sys.executable, [sys.executable] + sys.argv)
+import cpu_malloc
+
+# Before anything else is imported: glibc's malloc setting for XLA on the CPU (cpu_malloc.py says
+# why, and why not on a TPU or GPU).
+if __name__ == '__main__':
+  cpu_malloc.relaunch_with_tunables()
 
 from absl import app
 from absl import flags

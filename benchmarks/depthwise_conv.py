@@ -28,7 +28,7 @@ def parse_args():
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
   p.add_argument('--no_torch', action='store_true')
   p.add_argument('--default_malloc', action='store_true',
-                 help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
+                 help='keep glibc defaults (see cpu_malloc.py)')
   return p.parse_args()
 
 

@@ -38,7 +38,7 @@ def parse_args():
   p.add_argument('--no_augment', action='store_true')
   p.add_argument('--no_trainer', action='store_true')
   p.add_argument('--default_malloc', action='store_true',
-                 help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
+                 help='keep glibc defaults (see cpu_malloc.py)')
   return p.parse_args()
 
 

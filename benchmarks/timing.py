@@ -10,20 +10,12 @@ import statistics
 import sys
 import time
 
-# glibc hands every allocation over 32 MiB straight to mmap and unmaps it on free, so each
-# training step page-faults its big activation buffers back in (~8k faults per 32 MiB on this
-# VM; an elementwise op on 64x32x32x128 f32 drops from ~31 ms to ~9 ms without them). These
-# keep freed memory in the heap, on transparent huge pages. Read by glibc at process start.
-MALLOC_TUNABLES = ('glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=4294967296:'
-                   'glibc.malloc.trim_threshold=4294967296')
-
-
 def reexec_with_malloc_tunables(enabled):
-  """Restarts this script with MALLOC_TUNABLES set (no-op when already set or disabled)."""
-  if not enabled or os.environ.get('GLIBC_TUNABLES'):
-    return
-  os.environ['GLIBC_TUNABLES'] = MALLOC_TUNABLES
-  os.execv(sys.executable, [sys.executable] + sys.argv)
+  """Restarts this script with cpu_malloc.MALLOC_TUNABLES set (no-op when already set or
+  disabled); on any backend, so a benchmark measures what its flag says."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+  import cpu_malloc  # pylint: disable=import-outside-toplevel
+  cpu_malloc.relaunch_with_tunables(enabled, cpu_only=False)
 
 
 def interleaved_times(candidates, rounds, warmup=1):

@@ -53,7 +53,7 @@ def parse_args(argv=None):
   p.add_argument('--forward', action='store_true', help='also time the inference forward pass')
   p.add_argument('--forward_batches', default='1,64')
   p.add_argument('--default_malloc', action='store_true',
-                 help='keep glibc defaults (see benchmarks/timing.py MALLOC_TUNABLES)')
+                 help='keep glibc defaults (see cpu_malloc.py)')
   # Internal: run as one candidate's worker process.
   p.add_argument('--worker', default='', help=argparse.SUPPRESS)
   p.add_argument('--variant', default='', help=argparse.SUPPRESS)

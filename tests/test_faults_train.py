@@ -236,3 +236,31 @@ def test_unreadable_pdf_reasons_come_from_the_file(tmp_path):
   assert reasons[0] == reasons[3] == 'not a PDF (no %PDF- header)'
   assert reasons[1] == 'encrypted PDF (needs a password)'
   assert reasons[2].startswith('damaged PDF')
+
+
+
+def test_malloc_relaunch_only_for_a_cpu_run(monkeypatch):
+  """main.py's glibc setting pays only where XLA runs on the CPU (cpu_malloc.py): JAX_PLATFORMS
+  or a TPU VM's / NVIDIA driver's device files mean an accelerator, and no re-launch."""
+  import cpu_malloc  # pylint: disable=import-outside-toplevel
+
+  def expected(env, dev=(), vfio=()):
+    listing = {'/dev': list(dev), '/dev/vfio': list(vfio)}
+    exists = lambda p: p in listing or p[len('/dev/'):] in dev
+    return cpu_malloc.accelerator_expected(env, exists, listing.__getitem__)
+  assert not expected({'JAX_PLATFORMS': 'cpu'}, ['accel0'])
+  assert expected({'JAX_PLATFORMS': 'tpu'}) and expected({'JAX_PLATFORMS': 'cuda,cpu'})
+  assert not expected({}, ['null', 'tty']) and not expected({}, [], ['vfio'])
+  assert expected({}, ['accel0']) and expected({}, [], ['0']) and expected({}, ['nvidiactl'])
+  # The re-launch itself: exec'd on the CPU with the setting, not at all on a TPU.
+  calls = []
+  monkeypatch.setattr(cpu_malloc.os, 'execv', lambda *a: calls.append(a))
+  for var in ('GLIBC_TUNABLES', 'DOCEMBED_DEFAULT_MALLOC'):
+    monkeypatch.setenv(var, '')  # recorded, so the re-launch's own setting is undone afterwards
+    monkeypatch.delenv(var)
+  monkeypatch.setenv('JAX_PLATFORMS', 'tpu')
+  cpu_malloc.relaunch_with_tunables()
+  assert not calls and 'GLIBC_TUNABLES' not in os.environ
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  cpu_malloc.relaunch_with_tunables()
+  assert len(calls) == 1 and os.environ['GLIBC_TUNABLES'] == cpu_malloc.MALLOC_TUNABLES
