@@ -57,9 +57,9 @@ def test_released_model_is_the_cli_default_and_scores_what_the_readme_says(tmp_p
   us_forms it stays at what README "The released model" reports (TPR@1e-4 0.325, AUROC 0.972,
   top-1 1.0: issue 12's top-1 bar of 0.99 met), above the frozen ImageNet MobileNetV2 (0.179 /
   0.908 / 0.978) and docembed-v2 (0.322 / 0.954 / 0.989). The open-set rate at a threshold
-  calibrated for 1e-2 on held-out form types is reported, not held to the target here: with 7
-  types no fold resolves it, and v3 accepts 4.5% of unseen-type captures (v2 1.5%; README,
-  issue 14). (Issue 12's bar, TPR@1e-4 >= 0.5, is not met yet.)"""
+  calibrated for 1e-2 on held-out form types lies in the target's 95% interval (1.46%; issue 14:
+  with 7 types no fold resolves the target and the threshold is the prediction bound over the
+  types). (Issue 12's bar, TPR@1e-4 >= 0.5, is not met yet.)"""
   out = tmp_path / 'us_forms.json'
   r = subprocess.run([sys.executable, '-m', 'inference.cli', 'evaluate', '--data',
                       os.path.join(SHARED, 'us_forms'), '--out', str(out), '--no-progress',
@@ -72,4 +72,4 @@ def test_released_model_is_the_cli_default_and_scores_what_the_readme_says(tmp_p
   assert figures['top1'] >= 0.99, figures
   assert figures['auroc'] > 0.96, figures
   assert figures['tpr@fpr=1e-04'] > 0.30, figures
-  assert figures['unknown_false_accept_rate'] < 0.06, figures  # 0.045: see the docstring
+  assert figures['unknown_false_accept_within_target_interval'], figures  # 0.0146
