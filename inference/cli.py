@@ -1,7 +1,7 @@
 """Command-line tool: python -m inference.cli <subcommand> --help
 
   embed      --checkpoint W --data DIR --out E.npy       one L2-normalised row per labels.csv row
-  register   --checkpoint W --registry R.npz (--tree ROOT | --label L FILES...)
+  register   --checkpoint W --registry R.npz (--tree ROOT | --label L FILES...) [--turns 180]
   classify   --checkpoint W --registry R.npz FILES/FOLDERS/GLOBS [--top-k K] [--type T]
   calibrate  --checkpoint W --registry R.npz [--data DIR] [--far 1e-4]
   list       --registry R.npz           remove --registry R.npz --label L
@@ -13,6 +13,8 @@ model folder; without it the released model (released/docembed-v3, README) is us
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
 along its detected document corners (released/corners-v1) before it is embedded; a registry
 records it and refuses the other kind.
+--turns 180 (or 90,180,270) on register: each image is also entered turned by those degrees, so
+captures fed upside down (or sideways) meet their type; answers say which turn matched.
 Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
 a registry file is only ever replaced whole, after the command succeeded.
 """
@@ -137,7 +139,9 @@ def cmd_embed(args):
 def cmd_register(args):
   model = load_model(args)
   use_rectification(args, model, args.registry)
-  load_registry(args.registry, model, create=True)  # refuse a bad registry before embedding
+  existing = load_registry(args.registry, model, create=True)  # refuse a bad one before embedding
+  turns = existing.register_turns if args.turns is None else parse_turns(args.turns)
+  existing.set_register_turns(turns)  # a registry keeps the turns it was built with
   if args.tree:
     items = images_lib.scan_registration_tree(args.tree)
   elif args.label and args.inputs:
@@ -145,15 +149,21 @@ def cmd_register(args):
     items = [(args.label, p) for p in images_lib.expand_inputs(args.inputs)]
   else:
     raise InputError('register: give --tree ROOT, or --label L and image files/folders/globs')
-  loaded, emb = embed_files(args, model, [p for _, p in items])
-  from inference.registry import pixel_hash
+  from inference.registry import pixel_hash, turned_copies
+  loaded = images_lib.load_images([p for _, p in items], model.preprocessing,
+                                  progress=progress_fn(args, 'load'), transform=args.rectifier)
+  pixels, sources, entry_turns = turned_copies(loaded.images, loaded.paths, turns)
+  emb = model.embed(pixels, progress=progress_fn(args, 'embed'))
+  n = len(loaded.paths)
   by_label = {}
   for row, (label, _) in enumerate(items):
-    by_label.setdefault(label, []).append(row)
+    by_label.setdefault(label, []).extend(row + k * n for k in range(len(turns) + 1))
 
   def add_all(reg):  # under the lock, on the registry as it is now (another writer may have run)
-    return [reg.add_embeddings(label, emb[rows], [loaded.paths[r] for r in rows],
-                               [pixel_hash(loaded.images[r]) for r in rows])
+    reg.set_register_turns(turns)
+    return [reg.add_embeddings(label, emb[rows], [sources[r] for r in rows],
+                               [pixel_hash(pixels[r]) for r in rows],
+                               [entry_turns[r] for r in rows])
             for label, rows in by_label.items()]
   reg, reports = update_registry(args.registry, model, add_all, create=True)
   lines = [f'{args.registry}: {len(reg)} entries, {len(reg.list())} labels']
@@ -200,6 +210,7 @@ def cmd_classify(args):
       alts = ', '.join(f'{t["label"]} {t["score"]:.3f}' for t in a['top_k'][1:])
       print(f'{path}\t{a["label"]}\t{a["score"]:.4f}' + ('' if a['accepted'] else
             f'\t(nearest {a["nearest"]})') + (f'\t[{alts}]' if alts else '')
+            + (f'\tturned {a["turn"]}' if a['turn'] else '')
             + (f'\tuncertainty {a["uncertainty"]:.3f}' if 'uncertainty' in a else '')
             + rectification_note(info))
   if loaded.skipped:
@@ -397,6 +408,19 @@ def rate(text):
   return value
 
 
+def parse_turns(text):
+  """'--turns 180' / '90,180,270' -> [180] / [90, 180, 270]; '' -> []."""
+  from inference.registry import TURNS
+  try:
+    turns = sorted({int(t) for t in text.split(',') if t.strip()}) if text else []
+  except ValueError:
+    turns = None
+  if turns is None or any(t not in TURNS for t in turns):
+    raise InputError(f'--turns {text!r}: a comma list of {", ".join(map(str, TURNS))} (degrees '
+                     'counter-clockwise)')
+  return turns
+
+
 def build_parser():
   p = argparse.ArgumentParser(prog='python -m inference.cli', description=__doc__.split('\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -435,6 +459,10 @@ def build_parser():
   s.add_argument('--tree', help='root/<type>/<image> and root/<type>/<sub-label>/<image>')
   s.add_argument('--label', help="label for the given inputs: 'type' or 'type/sub-label'")
   s.add_argument('inputs', nargs='*', help='image files, folders or globs (with --label)')
+  s.add_argument('--turns', default=None,
+                 help='also enter each image turned by these degrees counter-clockwise: 180, or '
+                      '90,180,270 (captures fed upside down or sideways); fixed per registry '
+                      '(default: as the registry was built; none for a new one)')
 
   s = command('classify', cmd_classify, 'Name the type of each image, or say unknown.',
               registry=True)

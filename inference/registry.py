@@ -6,7 +6,9 @@ carries both 'A/glare' and its type 'A'. Below the calibrated threshold the answ
 
 File format: one .npz (allow_pickle=False) with `embeddings` float32 [N, D] and `meta_json`
 (utf-8 JSON as uint8: labels, sources, content hashes, model fingerprint, preprocessing,
-threshold); once calibrated, also `calibration_embeddings` float32 [M, D] (the labelled captures
+threshold, and each entry's turn: 0, or 90 / 180 / 270 for the registered image turned by that
+many degrees counter-clockwise, added by `register --turns` so that a capture fed or photographed
+upside down or sideways still meets its type at one dot product per entry); once calibrated, also `calibration_embeddings` float32 [M, D] (the labelled captures
 the threshold was set on, with their types and hashes in the metadata), so that the false-accept
 rate can be re-checked when the registry grows (inference/calibration.py). Written atomically;
 loading it beside a different model is an error.
@@ -33,6 +35,7 @@ UNKNOWN = 'unknown'
 UNSURE = 'unsure'
 # Two entries under different labels scoring above this are reported as near-duplicates.
 NEAR_DUPLICATE_SCORE = 0.995
+TURNS = (90, 180, 270)  # degrees counter-clockwise a registered image may also be entered at
 
 
 def capture_uncertainty(log_var):
@@ -42,6 +45,19 @@ def capture_uncertainty(log_var):
 
 def pixel_hash(image):
   return hashlib.sha256(np.ascontiguousarray(image, np.uint8).tobytes()).hexdigest()[:20]
+
+
+def turned_copies(pixels, sources, turns):
+  """Model inputs [N, S, S, 3] and their sources, followed by each turned by every angle in
+  `turns` (counter-clockwise; a square input turns exactly, and for a stretched page turning the
+  input equals turning the photo). -> (pixels, sources, per-row turn)."""
+  pixels = np.asarray(pixels)
+  out, out_sources, out_turns = [pixels], list(sources), [0] * len(pixels)
+  for t in turns:
+    out.append(np.rot90(pixels, t // 90, axes=(1, 2)))
+    out_sources += [f'{s} (turned {t})' for s in sources]
+    out_turns += [t] * len(pixels)
+  return np.ascontiguousarray(np.concatenate(out)), out_sources, out_turns
 
 
 def label_key(label):
@@ -58,6 +74,8 @@ class Registry:
     self.preprocessing = dict(preprocessing)
     self.embeddings = np.zeros((0, self.embed_dim), np.float32)
     self.labels, self.sources, self.hashes = [], [], []
+    self.turns = []              # per entry: 0, or the degrees its image was turned by
+    self.register_turns = []     # the turns `add` enters each image at besides upright
     self.threshold = None        # a best score strictly above it is accepted
     self.calibration = {}        # how the threshold was set (target rate, interval, ...)
     self.calibration_set = None  # (embeddings [M, D], types, hashes) it was set on
@@ -129,7 +147,19 @@ class Registry:
       out.append({'label': label, 'type': doc_type, 'sub_label': sub, 'entries': counts[label]})
     return out
 
-  def add_embeddings(self, label, embeddings, sources=None, hashes=None):
+  def set_register_turns(self, turns):
+    """The turns every registered image is also entered at (subset of TURNS). Fixed once the
+    registry holds entries: types registered with and without turns would meet a turned capture
+    unequally."""
+    turns = sorted({int(t) for t in turns})
+    if any(t not in TURNS for t in turns):
+      raise InputError(f'turns {turns}: each must be one of {", ".join(map(str, TURNS))} degrees')
+    if len(self) and turns != self.register_turns:
+      raise InputError(f'this registry enters images at turns {self.register_turns or "none"}, '
+                       f'not {turns or "none"}: keep its setting, or register into a new registry')
+    self.register_turns = turns
+
+  def add_embeddings(self, label, embeddings, sources=None, hashes=None, turns=None):
     """Registers rows of `embeddings` (normalised here) under `label`; returns a report dict.
 
     Reported, not refused: the label already existed (entries appended), labels that differ
@@ -144,6 +174,7 @@ class Registry:
     n = len(emb)
     sources = list(sources) if sources is not None else [''] * n
     hashes = list(hashes) if hashes is not None else [''] * n
+    turns = [int(t) for t in turns] if turns is not None else [0] * n
     report = {'label': label, 'added': 0, 'skipped_duplicates': 0,
               'label_existed': label in self.labels, 'similar_labels': [],
               'duplicate_images': []}
@@ -179,15 +210,18 @@ class Registry:
     self.labels += [label] * len(keep)
     self.sources += [sources[i] for i in keep]
     self.hashes += [hashes[i] for i in keep]
+    self.turns += [turns[i] for i in keep]
     report['added'] = len(keep)
     self._index = None
     return report
 
   def add(self, label, images, progress=None):
-    """Registers images (file paths, or uint8 [N, S, S, 3]) under label; needs the model."""
+    """Registers images (file paths, or uint8 [N, S, S, 3]) under label, each also at
+    register_turns; needs the model."""
     pixels, sources = self._pixels(images, progress)
+    pixels, sources, turns = turned_copies(pixels, sources, self.register_turns)
     emb = self._require_model().embed(pixels)
-    return self.add_embeddings(label, emb, sources, [pixel_hash(p) for p in pixels])
+    return self.add_embeddings(label, emb, sources, [pixel_hash(p) for p in pixels], turns)
 
   def remove(self, label):
     """Removes a label's entries; removing a type removes its sub-labels too. Returns count."""
@@ -200,6 +234,7 @@ class Registry:
     self.labels = [self.labels[i] for i in keep]
     self.sources = [self.sources[i] for i in keep]
     self.hashes = [self.hashes[i] for i in keep]
+    self.turns = [self.turns[i] for i in keep]
     self._index = None
     return int(sum(drop))
 
@@ -228,12 +263,14 @@ class Registry:
         raise InputError(f'type {restrict_type!r} is not registered')
     threshold = self.threshold if threshold is None else threshold
     labels = np.array(self.labels, dtype=object)
+    turns = np.asarray(self.turns, np.int64)
     index = self.index()
     n_candidates = int(mask.sum()) if mask is not None else len(self)
     k_entries = min(n_candidates, max(top_k * 8, 16))
     while True:
       scores, idx = index.search(queries, k_entries, mask)
-      answers = [self._answer(s, i, labels, top_k, threshold) for s, i in zip(scores, idx)]
+      answers = [self._answer(s, i, labels, turns, top_k, threshold)
+                 for s, i in zip(scores, idx)]
       short = any(len(a['top_k']) < top_k for a in answers)
       if not short or k_entries >= n_candidates:
         if uncertainties is not None:
@@ -245,14 +282,15 @@ class Registry:
         return answers
       k_entries = min(n_candidates, k_entries * 4)
 
-  def _answer(self, scores, idx, labels, top_k, threshold):
+  def _answer(self, scores, idx, labels, turns, top_k, threshold):
     best = []
     for s, i in zip(scores, idx):
       if i < 0:
         break
       label = labels[i]
       if all(b['label'] != label for b in best):
-        best.append({'label': label, 'type': label_type(label), 'score': float(s)})
+        best.append({'label': label, 'type': label_type(label), 'score': float(s),
+                     'turn': int(turns[i])})
         if len(best) == top_k:
           break
     top = best[0]
@@ -262,7 +300,7 @@ class Registry:
             'type': top['type'] if accepted else None,
             'sub_label': sub if accepted else None,
             'score': top['score'], 'accepted': bool(accepted), 'nearest': top['label'],
-            'threshold': threshold, 'top_k': best}
+            'turn': top['turn'], 'threshold': threshold, 'top_k': best}
 
   def classify(self, images, top_k=1, restrict_type=None, threshold=None, progress=None):
     pixels, _ = self._pixels(images, progress)
@@ -286,7 +324,8 @@ class Registry:
     meta = {'format_version': FORMAT_VERSION, 'fingerprint': self.fingerprint,
             'embed_dim': self.embed_dim, 'preprocessing': self.preprocessing,
             'threshold': self.threshold, 'calibration': self.calibration,
-            'labels': self.labels, 'sources': self.sources, 'hashes': self.hashes}
+            'labels': self.labels, 'sources': self.sources, 'hashes': self.hashes,
+            'turns': self.turns, 'register_turns': self.register_turns}
     if self.calibration_set is not None:
       meta['calibration_types'] = list(self.calibration_set[1])
       meta['calibration_hashes'] = list(self.calibration_set[2])
@@ -365,10 +404,19 @@ class Registry:
     calibration = meta.get('calibration', {})
     if not isinstance(calibration, dict):
       raise bad(f'calibration is a {type(calibration).__name__}, expected dict')
+    # Registries written before turns existed hold upright entries only.
+    turns, register_turns = meta.get('turns', [0] * n), meta.get('register_turns', [])
+    if not (isinstance(turns, list) and len(turns) == n
+            and all(t in (0,) + TURNS and type(t) is int for t in turns)):
+      raise bad(f"'turns' must be {n} of 0, {', '.join(map(str, TURNS))}")
+    if not (isinstance(register_turns, list)
+            and all(t in TURNS and type(t) is int for t in register_turns)):
+      raise bad(f"'register_turns' must be a list of {', '.join(map(str, TURNS))}")
     reg = cls(meta['fingerprint'], dim, meta['preprocessing'])
     reg.embeddings, reg.labels = embeddings, list(meta['labels'])
     reg.sources, reg.hashes = list(meta['sources']), list(meta['hashes'])
     reg.threshold, reg.calibration = threshold, calibration
+    reg.turns, reg.register_turns = list(turns), sorted(register_turns)
     if calibration_embeddings is not None:
       types, hashes = meta.get('calibration_types'), meta.get('calibration_hashes')
       m = len(calibration_embeddings)

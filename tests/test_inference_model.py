@@ -112,6 +112,27 @@ def test_cli_register_classify_calibrate_evaluate(workdir, tmp_path, capsys):
   assert [answers[f'q{t}.png']['nearest'] for t in range(5)] == [f'T{t}' for t in range(5)]
   assert len(answers['q0.png']['top_k']) == 2
 
+  # --turns 180: every image also entered upside down; an upside-down capture meets that entry.
+  turned = str(tmp_path / 'turned.npz')
+  code, out, _ = run_cli(capsys, 'register', '--checkpoint', wd, '--registry', turned,
+                         '--tree', str(root), '--turns', '180', '--json')
+  assert code == 0 and json.loads(out)['entries'] == 10
+  write(str(tmp_path / 'upside_down.png'), capture(2, 5)[::-1, ::-1])
+  code, out, _ = run_cli(capsys, 'classify', '--checkpoint', wd, '--registry', turned, '--json',
+                         str(tmp_path / 'upside_down.png'))
+  answer = json.loads(out)
+  assert code == 0 and (answer['nearest'], answer['turn']) == ('T2', 180), answer
+  code, _, err = run_cli(capsys, 'register', '--checkpoint', wd, '--registry', turned,
+                         '--label', 'T4', str(tmp_path / 'late'), '--turns', '90')
+  assert code == 1 and 'enters images at turns [180], not [90]' in err
+  code, _, err = run_cli(capsys, 'register', '--checkpoint', wd, '--registry', turned,
+                         '--label', 'T4', str(tmp_path / 'late'), '--turns', '45')
+  assert code == 1 and '--turns' in err and err.count('\n') == 1
+  code, out, _ = run_cli(capsys, 'register', '--checkpoint', wd, '--registry', turned,
+                         '--label', 'T4', str(tmp_path / 'late'), '--json')  # kept: 180
+  assert code == 0 and json.loads(out)['entries'] == 12
+  assert Registry.load(turned).turns == [0, 180] * 6  # each label: upright, then turned
+
   # Calibrate from a labels.csv folder, then evaluate on it.
   data = tmp_path / 'labelled'
   rows = ['file,label,role']
