@@ -72,7 +72,11 @@ def main(argv):
   # tf.data only: keep TensorFlow off the accelerators JAX uses.
   tf.config.set_visible_devices([], 'GPU')
   if is_multihost():
-    jax.distributed.initialize()
+    # On a Cloud TPU slice jax finds the processes itself; elsewhere (several processes on one
+    # machine, a plain cluster) JAX_COORDINATOR_ADDRESS plus these two say who is who.
+    env = {k: int(os.environ[v]) for k, v in (('num_processes', 'JAX_NUM_PROCESSES'),
+                                              ('process_id', 'JAX_PROCESS_ID')) if v in os.environ}
+    jax.distributed.initialize(**env)
   logging.info('JAX process %d / %d, devices: %s', jax.process_index(), jax.process_count(),
                jax.devices())
   try:

@@ -7,18 +7,20 @@ trained on) or 'folder:<dir>' (a labels.csv folder of real captures such as
 import os
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 import numpy as np
 from absl import logging
 
 import file_io
 from evaluation import labelled_folder
 from evaluation import verification
-from input_pipeline import rendered
-from input_pipeline import synthetic
 
 
 def build_eval_sets(config):
   """[(name, images uint8 [N, S, S, 3], labels [N], is_register [N])], built once."""
+  # Imported here: the renderers bring TensorFlow, which embedding alone does not need.
+  from input_pipeline import rendered  # pylint: disable=import-outside-toplevel
+  from input_pipeline import synthetic  # pylint: disable=import-outside-toplevel
   sets = []
   for name in config.eval_sets:
     if name == 'synthetic_heldout':
@@ -45,9 +47,16 @@ def build_eval_sets(config):
 
 
 def make_embed_fn(model, mesh, batch_sharding):
-  """(variables, images uint8 numpy [N, ...], batch_size) -> float32 numpy [N, D]."""
+  """(variables, images uint8 numpy [N, ...], batch_size) -> float32 numpy [N, D].
+
+  Every process holds the whole eval set (built the same way on each host) and embeds its share
+  of each batch: the batch becomes a global array from the rows of this process's devices
+  (jax.make_array_from_callback; a host-local numpy array with a non-replicated sharding is
+  refused when there are several processes), and the embeddings come back replicated, so each
+  process reads all of them from its own device."""
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False),
-                  in_shardings=(None, batch_sharding), out_shardings=None)
+                  in_shardings=(None, batch_sharding),
+                  out_shardings=NamedSharding(mesh, PartitionSpec()))
 
   def embed(variables, images, batch_size):
     out = []
@@ -56,7 +65,8 @@ def make_embed_fn(model, mesh, batch_sharding):
       n = len(chunk)
       if n < batch_size:  # pad to a fixed shape: one compilation
         chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], chunk.dtype)])
-      out.append(np.asarray(jax.device_get(apply(variables, chunk)))[:n])
+      x = jax.make_array_from_callback(chunk.shape, batch_sharding, lambda idx, c=chunk: c[idx])
+      out.append(np.asarray(apply(variables, x).addressable_data(0))[:n])
     return np.concatenate(out)
 
   return embed

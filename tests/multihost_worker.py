@@ -1,9 +1,10 @@
 """One JAX process of the multi-host PartialFC test (tests/test_partial_fc_multihost.py).
 
-python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT
+python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT [head|eval]
 joins a localhost coordinator with 4 faked CPU devices, runs one PartialFC train step of the head
-on a ('data', 'model') = (2, 4) mesh over all processes' devices, and prints one JSON line.
-`head_step` is also what the test runs in a single 8-device process for the reference numbers.
+(head) or the in-training evaluator's embedding of an eval set (eval) on a ('data', 'model') =
+(2, 4) mesh over all processes' devices, and prints one JSON line. `head_step` and
+`eval_embeddings` are also what the test runs in a single 8-device process for the reference.
 """
 import json
 import os
@@ -58,13 +59,41 @@ def head_step(mesh):
   return {k: float(v.addressable_data(0)) for k, v in out.items()}
 
 
+def eval_embeddings(mesh):
+  """The evaluator's embeddings (evaluation/evaluators.py make_embed_fn) of 20 images, batches
+  of 8 over the mesh (the last one padded): every process holds the whole set, embeds its share
+  and reads all of the embeddings back. The network is one Dense layer over the pixels (what is
+  tested is how the batches are placed and gathered; a conv net's compile costs ~10 s here).
+  -> {'embeddings': [20][16] floats}."""
+  import flax.linen as nn
+  from evaluation import evaluators
+
+  class Pixels(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      return nn.Dense(16)(x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0)
+
+  model = Pixels()
+  images = np.random.RandomState(3).randint(0, 256, (20, 8, 8, 3)).astype(np.uint8)
+  kernel = np.random.RandomState(4).normal(0, 0.1, (8 * 8 * 3, 16)).astype(np.float32)
+  replicated = NamedSharding(mesh, P())  # the same numbers on every process
+  variables = {'params': {'Dense_0': {'kernel': jax.device_put(kernel, replicated),
+                                      'bias': jax.device_put(np.zeros(16, np.float32),
+                                                             replicated)}}}
+  # The batch over every device, as train.BATCH_AXES places it.
+  embed = evaluators.make_embed_fn(model, mesh, NamedSharding(mesh, P(('data', 'model'))))
+  return {'embeddings': embed(variables, images, 8).tolist()}
+
+
 def main():
   process_id, num_processes, port = (int(a) for a in sys.argv[1:4])
+  mode = sys.argv[4] if len(sys.argv) > 4 else 'head'
+
   jax.distributed.initialize(coordinator_address=f'localhost:{port}',
                              num_processes=num_processes, process_id=process_id)
   assert jax.device_count() == 4 * num_processes and jax.local_device_count() == 4
   mesh = jax.make_mesh((2, 4), ('data', 'model'), axis_types=(AxisType.Auto,) * 2)
-  result = head_step(mesh)
+  result = head_step(mesh) if mode == 'head' else eval_embeddings(mesh)
   result['process_id'] = process_id
   print(json.dumps(result), flush=True)
   jax.distributed.shutdown()
