@@ -296,8 +296,10 @@ def cmd_list(args):
   text = '\n'.join(f'{e["label"]}\t{e["entries"]}' for e in listing)
   text += (f'\n{len(reg)} entries; model {reg.fingerprint}; threshold {reg.threshold} '
            f'(FPR {reg.threshold_fpr})')
+  if reg.register_turns:
+    text += f'; images also entered turned by {", ".join(map(str, reg.register_turns))} degrees'
   emit(args, {'labels': listing, 'fingerprint': reg.fingerprint, 'threshold': reg.threshold,
-              'threshold_fpr': reg.threshold_fpr}, text)
+              'threshold_fpr': reg.threshold_fpr, 'register_turns': reg.register_turns}, text)
 
 
 def cmd_remove(args):

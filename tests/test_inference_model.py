@@ -132,6 +132,8 @@ def test_cli_register_classify_calibrate_evaluate(workdir, tmp_path, capsys):
                          '--label', 'T4', str(tmp_path / 'late'), '--json')  # kept: 180
   assert code == 0 and json.loads(out)['entries'] == 12
   assert Registry.load(turned).turns == [0, 180] * 6  # each label: upright, then turned
+  code, out, _ = run_cli(capsys, 'list', '--registry', turned)
+  assert code == 0 and 'also entered turned by 180 degrees' in out and 'T4\t2' in out
 
   # Calibrate from a labels.csv folder, then evaluate on it.
   data = tmp_path / 'labelled'
