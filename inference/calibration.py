@@ -29,6 +29,7 @@ different-type *pairs* through (the evaluation README's protocol). It is not wha
 an unknown capture meets N entries, so it is accepted about N times more often.
 numpy only.
 """
+import functools
 import math
 
 import numpy as np
@@ -220,6 +221,7 @@ def _betainc(a, b, x):
   return 1.0 - front * _betacf(b, a, 1 - x) / b
 
 
+@functools.lru_cache(maxsize=256)  # the splits of one calibration ask for a few (p, dof) only
 def student_t_quantile(p, dof):
   """The p-quantile (p > 0.5) of Student's t with `dof` degrees of freedom, by bisection on
   its CDF (numpy only: the registry tools run without scipy)."""
@@ -271,28 +273,35 @@ def crossfit_share(scores, types, target, splits=CROSSFIT_SPLITS, seed=0):
   if len(names) < 2:
     return none
   rng = np.random.RandomState(seed)
-  by_share, by_bound = [], []
+  checks, by_share = [], []
   for _ in range(splits):
     check = rng.rand(len(names)) < CROSSFIT_CHECK_SHARE
     if check.all() or not check.any():
       continue
+    checks.append(check)
     fit_scores = np.sort(scores[~check[tid]])[::-1]
     check_scores = scores[check[tid]]
     idx = np.minimum(np.floor(shares * len(fit_scores)).astype(int), len(fit_scores) - 1)
     by_share.append((check_scores[None, :] > fit_scores[idx][:, None]).mean(axis=1))
-    bound = predictive_bound(scores[~check[tid]], types[~check[tid]], target)
-    by_bound.append(float((check_scores > max(fit_scores[0], bound)).mean())
-                    if np.isfinite(bound) else float((check_scores > fit_scores[0]).mean()))
   if not by_share:
     return none
-  by_share, by_bound = np.array(by_share), np.array(by_bound)
+  by_share = np.array(by_share)
   ok = np.flatnonzero(by_share.mean(axis=0) <= target)
   if len(ok):
     rates, share, margin = by_share[:, ok[-1]], float(shares[ok[-1]]), 0.0
   else:
+    # Only now the bound, fitted on each split's fit types (on integer type ids) and on all.
+    rates = []
+    for check in checks:
+      fit = ~check[tid]
+      bound = predictive_bound(scores[fit], tid[fit], target)
+      top = scores[fit].max()
+      rates.append(float((scores[check[tid]] > (max(top, bound) if np.isfinite(bound)
+                                                 else top)).mean()))
+    rates = np.array(rates)
     # At least a hair above the highest score: the share-0 rule above already failed.
-    bound = predictive_bound(scores, types, target)
-    rates, share, margin = by_bound, 0.0, max(1e-6, bound - float(scores.max()))
+    bound = predictive_bound(scores, tid, target)
+    share, margin = 0.0, max(1e-6, bound - float(scores.max()))
   return {'share': share, 'margin': margin, 'predicted': float(rates.mean()),
           'predicted_range95': [float(v) for v in np.percentile(rates, [2.5, 97.5])],
           'splits': len(rates)}
