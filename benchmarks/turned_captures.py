@@ -1,8 +1,8 @@
 """Captures turned by 90 / 180 / 270 degrees against registries with and without turned entries.
 
   python benchmarks/turned_captures.py --data ../shared/data/us_forms
-  python benchmarks/turned_captures.py --data ../shared/data/midv_photos --rectify \
-      --register_dir refer      # MIDV: frames turned, then detected and flattened
+  python benchmarks/turned_captures.py --data ../shared/data/midv_photos --rectify
+      # MIDV: frames turned, then detected and flattened; the refer/ templates registered
 
 Each query photo is turned (counter-clockwise, before anything else: a scan fed upside down, a
 phone held sideways) and embedded as `inference.cli classify` would (with --rectify: the corner
@@ -10,9 +10,7 @@ detector finds and flattens the page in the turned photo). The register images a
 `register --turns T` enters them: upright, plus turned by each of T. Per (query turn, registry
 turns), one JSON line: top-1 (the nearest entry's type is the query's) and the 99th percentile
 of each query's best score over the *other* types' entries (turned entries are more chances
-for an impostor too: that is their price). Labels come from labels.csv (role=register /
-query), or with --register_dir from the images in DATA/<register_dir>/<type>.<ext> (MIDV's
-refer/ templates) against every labels.csv row.
+for an impostor too: that is their price). Labels and roles come from labels.csv.
 """
 import argparse
 import json
@@ -25,7 +23,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from inference import images as images_lib  # pylint: disable=g-import-not-at-top
 from inference import released  # pylint: disable=g-import-not-at-top
-from inference.registry import Registry, turned_copies  # pylint: disable=g-import-not-at-top
+from inference.registry import Registry  # pylint: disable=g-import-not-at-top
 
 
 def turned_transform(turn, then=None):
@@ -40,8 +38,6 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--data', required=True, help='folder with labels.csv (file,label,role)')
   p.add_argument('--checkpoint', default=released.DEFAULT_DIR)
-  p.add_argument('--register_dir', default='',
-                 help='register DATA/<this>/<type>.* instead of the role=register rows')
   p.add_argument('--rectify', action='store_true', help='detect and flatten each query photo')
   p.add_argument('--detector', default='')
   p.add_argument('--query_turns', default='0,90,180,270')
@@ -56,17 +52,11 @@ def main(argv=None):
     from inference import rectify  # pylint: disable=import-outside-toplevel
     rectifier = rectify.rectifier(detector_lib.load_detector(args.detector))
   rows = images_lib.read_labels_csv(args.data)
-  if args.register_dir:
-    folder = os.path.join(args.data, args.register_dir)
-    reg_items = sorted((os.path.splitext(n)[0], os.path.join(folder, n))
-                       for n in os.listdir(folder))
-    query_items = [(label, path) for path, label, _ in rows]
-  else:
-    reg_items = [(label, path) for path, label, role in rows if role == 'register']
-    query_items = [(label, path) for path, label, role in rows if role != 'register']
+  reg_items = [(label, path) for path, label, role in rows if role == 'register']
+  query_items = [(label, path) for path, label, role in rows if role != 'register']
   # Registered images are clean templates or scans: upright and whole, as `register` takes them.
   reg_loaded = images_lib.load_images([p for _, p in reg_items], model.preprocessing)
-  reg_labels = [label for label, _ in reg_items]
+  reg_labels = np.array([label for label, _ in reg_items], dtype=object)
   q_labels = np.array([label for label, _ in query_items], dtype=object)
   settings = [[int(t) for t in s.split(',') if t] for s in args.registry_turns.split(';')]
   for q_turn in [int(t) for t in args.query_turns.split(',')]:
@@ -77,13 +67,8 @@ def main(argv=None):
     for turns in settings:
       reg = Registry.for_model(model)
       reg.set_register_turns(turns)
-      pixels, sources, entry_turns = turned_copies(reg_loaded.images, reg_loaded.paths, turns)
-      emb = model.embed(pixels)
-      n = len(reg_labels)
-      for k, label in enumerate(reg_labels):
-        rows_k = [k + j * n for j in range(len(turns) + 1)]
-        reg.add_embeddings(label, emb[rows_k], [sources[r] for r in rows_k],
-                           turns=[entry_turns[r] for r in rows_k])
+      for label in dict.fromkeys(reg_labels):  # Registry.add enters each image at every turn
+        reg.add(label, reg_loaded.images[reg_labels == label])
       answers = reg.classify_embeddings(q_emb)
       top1 = float(np.mean([a['nearest'] == l for a, l in zip(answers, q_labels)]))
       e_labels = np.array(reg.labels, dtype=object)
