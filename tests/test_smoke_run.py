@@ -1,6 +1,9 @@
-"""`python main.py --config=configs/arcface_clip.py:smoke` as a user runs it, on 8 faked CPU
-devices: the production recipe at toy size, every part of it in one run, and a check that each
-took part.
+"""`python main.py --config=configs/arcface_clip.py:smoke --workdir=gs://...` as a user runs it on a
+Cloud TPU slice, here as 2 JAX processes x 4 faked CPU devices against a GCS emulator on localhost:
+the production recipe at toy size, every part of it in one run, and a check that each took part;
+then stopped and resumed from the bucket. (1 process x 8 devices, as the README's local smoke
+command, runs the same program: tests/test_partial_fc_multihost.py and
+`tools/two_process_run.py` compare the two.)
 
 The test writes what the config cannot know and passes it on the command line:
 - a prepared `imagenet2012` in a TFDS data dir: real TFRecords of tiny images, written by a
@@ -14,6 +17,7 @@ import functools
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 
@@ -103,11 +107,11 @@ def smoke_command(workdir, clip, docs, tfds_dir):
           f'--config.data.imagenet_per_image.data_dir={tfds_dir}']
 
 
-# Measured on two cores: 63-69 s with an empty compilation cache (as on CI), 46-56 s warm.
-@pytest.mark.slow
-def test_smoke_run_every_part_takes_part(tmp_path):
-  from tools.read_scalars import read_scalars  # pylint: disable=import-outside-toplevel
-  docs, tfds_dir, clip = (str(tmp_path / n) for n in ('docs', 'tfds', 'clip'))
+@pytest.fixture(scope='module')
+def smoke_inputs(tmp_path_factory):
+  """(docs, tfds_dir, clip, paperwork_cache): what the config cannot know, written once."""
+  root = tmp_path_factory.mktemp('smoke_inputs')
+  docs, tfds_dir, clip = (str(root / n) for n in ('docs', 'tfds', 'clip'))
   # The CLIP is written by a second process meanwhile (its imports alone take seconds).
   clip_writer = subprocess.Popen(
       [sys.executable, '-c', f'import test_smoke_run as t; t.write_tiny_clip({clip!r})'],
@@ -117,32 +121,28 @@ def test_smoke_run_every_part_takes_part(tmp_path):
   write_tiny_imagenet(tfds_dir)
   assert clip_writer.wait(timeout=120) == 0, clip_writer.stderr.read()[-3000:]
   assert sorted(os.listdir(clip)) == ['config.json', 'model.safetensors']
-  workdir = str(tmp_path / 'run')
-  cmd = smoke_command(workdir, clip, docs, tfds_dir)
-  cmd.append(f'--config.data.paperwork.cache_dir={tmp_path / "paperwork"}')  # hermetic
-  # Compiling dominates on two cores (the steps take milliseconds): XLA:CPU is asked for less
-  # LLVM optimisation (the train step's compile: 35 s -> 22 s, measured side by side), which
-  # changes no result this test looks at.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=(
-      '--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 '
-      '--xla_llvm_disable_expensive_passes=true'))
-  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  log = result.stderr
-  assert result.returncode == 0, log[-5000:]
+  return docs, tfds_dir, clip, str(root / 'paperwork')
 
-  # The mesh and the three sources, as main.py saw them.
+
+# Compiling dominates on two cores (the steps take milliseconds): XLA:CPU is asked for less
+# LLVM optimisation (the train step's compile: 35 s -> 22 s, measured side by side), which
+# changes no result these tests look at.
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+
+
+def check_log(log, *, docs, tfds_dir, clip, workdir_classes):
+  """The mesh, the three sources, the teacher and W's placement, as main.py logged them;
+  returns the number of classes."""
   assert "Mesh {'data': 2, 'model': 4} over 8 devices" in log
   assert f'{docs}: {NUM_TYPES} classes, {3 * NUM_TYPES} images, 0 skipped' in log
   assert f'imagenet2012 in {tfds_dir}: {NUM_IMAGENET} images, {NUM_IMAGENET} classes' in log
-  classes = json.load(open(os.path.join(workdir, 'classes.json')))['sources']
+  classes = workdir_classes['sources']
   assert [c['source'] for c in classes] == ['imagenet_per_image', 'folder', 'paperwork']
   assert [c['num_classes'] for c in classes][:2] == [NUM_IMAGENET, NUM_TYPES]
   num_classes = sum(c['num_classes'] for c in classes)
   assert f'Training on {num_classes} classes' in log
-
   # CLIP from the safetensors folder, at its own 32 px, projected to 16 features.
   assert f'Distillation: teacher clip:{clip}, 16 features at 32 px, float32' in log
-
   # PartialFC: W split by rows over 'model' into 4 blocks (each on 2 'data' replicas), 30% sampled.
   padded = -(-num_classes // 4) * 4
   m = re.search(r"PartialFC: W \[(\d+), 32\] held as (\d+) row blocks of (\d+) over 'model' "
@@ -151,8 +151,11 @@ def test_smoke_run_every_part_takes_part(tmp_path):
   rows, blocks, block_rows, devices, sampled, _ = map(int, m.groups())
   assert (rows, blocks, block_rows, devices) == (padded, 4, padded // 4, 8)
   assert sampled == int(np.ceil(0.3 * block_rows)) < block_rows
+  return num_classes
 
-  scalars = read_scalars(workdir)
+
+def check_scalars(scalars):
+  """Each source's share of every batch, moving finite losses, eval figures at steps 4 and 8."""
   steps = lambda tag: [s for s, _ in scalars[tag]]
   values = lambda tag: np.array([v for _, v in scalars[tag]])
   # Each source's share of the batches: the production weights 0.8 / 0.1 / 0.1.
@@ -168,14 +171,77 @@ def test_smoke_run_every_part_takes_part(tmp_path):
     v = values(tag)
     assert steps(tag) == [2, 4, 6, 8] and np.all(np.isfinite(v)), (tag, v)
     assert np.ptp(v) > 0, (tag, v)
-
-  # In-training evaluation at steps 4 and 8, checkpoints at 4 and 8, config.json beside them.
   assert steps('eval/synthetic_heldout/auroc') == [4, 8], sorted(scalars)
   assert np.all(np.isfinite(values('eval/synthetic_heldout/auroc')))
-  ckpts = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
-  assert ckpts == [4, 8]
-  for step in ckpts:
-    assert os.path.exists(os.path.join(workdir, 'checkpoints', str(step), 'commit_success.txt'))
-  saved = json.load(open(os.path.join(workdir, 'config.json')))
+
+
+def check_config(saved):
   assert saved['model']['dtype'] == 'bfloat16' and saved['loss']['partial_fc']
   assert (saved['mesh']['data'], saved['mesh']['model']) == (2, 4)
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+# Measured on two cores: about 2.5 minutes with an empty compilation cache (as on CI).
+@pytest.mark.slow
+def test_smoke_run_as_two_processes_on_gcs(smoke_inputs, emulator):
+  """The README's Cloud TPU command at toy size: `main.py --config=...:smoke --workdir=gs://...`
+  started once per host (2 JAX processes x 4 CPU devices joined on localhost), documents and
+  ImageNet read from the bucket, checkpoints, config and TensorBoard written to it; stopped after
+  its step-4 checkpoint and started again, both processes resume from the bucket to step 8."""
+  from tools.read_scalars import read_scalars  # pylint: disable=import-outside-toplevel
+  import file_io  # pylint: disable=import-outside-toplevel
+  local_docs, local_tfds, clip, paperwork = smoke_inputs
+  bucket = 'smoke'
+  emulator.create_bucket(bucket)
+  for local, prefix in ((local_docs, 'docs'), (local_tfds, 'tfds')):
+    for folder, _, files in os.walk(local):
+      for name in files:
+        path = os.path.join(folder, name)
+        with open(path, 'rb') as f:
+          emulator.upload(bucket, f'{prefix}/{os.path.relpath(path, local)}', f.read())
+  docs, tfds_dir, workdir = (f'gs://{bucket}/{n}' for n in ('docs', 'tfds', 'run'))
+
+  def run(steps):
+    cmd = smoke_command(workdir, clip, docs, tfds_dir) + [
+        f'--config.data.paperwork.cache_dir={paperwork}', f'--config.num_train_steps={steps}']
+    port = free_port()
+    procs = [subprocess.Popen(cmd, cwd=REPO, env=dict(
+        os.environ, JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+        JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i),
+        XLA_FLAGS=f'--xla_force_host_platform_device_count=4 {FAST_COMPILE}'),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    try:
+      logs = [p.communicate(timeout=400)[1] for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    for p, log in zip(procs, logs):
+      assert p.returncode == 0, log[-5000:]
+    return logs
+
+  first = run(STEPS // 2)
+  names = emulator.list_objects(bucket, 'run/')
+  assert f'run/checkpoints/{STEPS // 2}/commit_success.txt' in names, names
+  logs = run(STEPS)
+  classes = file_io.read_json(f'{workdir}/classes.json')
+  for i, (log, resumed) in enumerate(zip(first, logs)):
+    assert f'JAX process {i} / 2' in log and f'JAX process {i} / 2' in resumed
+    check_log(log, docs=docs, tfds_dir=tfds_dir, clip=clip, workdir_classes=classes)
+    assert f'Resumed from checkpoint at step {STEPS // 2}' in resumed
+  assert f'process 0 reads [0, {NUM_IMAGENET // 2})' in first[0]  # each host its share
+  assert f'process 1 reads [{NUM_IMAGENET // 2}, {NUM_IMAGENET})' in first[1]
+  check_scalars(read_scalars(workdir))  # steps 2 and 4 from the first run, 6 and 8 resumed
+  names = emulator.list_objects(bucket, 'run/')
+  for step in (STEPS // 2, STEPS):
+    assert f'run/checkpoints/{step}/commit_success.txt' in names, names
+  assert 'run/config.json' in names
+  assert any(n.startswith('run/events.out.tfevents.') for n in names), names
+  assert not any('.tmp' in n for n in names), names
+  check_config(file_io.read_json(f'{workdir}/config.json'))
+  assert not os.path.exists(os.path.join(REPO, 'gs:'))  # nothing went to a local 'gs:' folder
