@@ -5,7 +5,6 @@ evaluation, loop.
 """
 import contextlib
 import functools
-import json
 import re
 import time
 
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from configs.validate import resolve_mesh_shape, validate_config
 from errors import ConfigError, DataError, RunStopped

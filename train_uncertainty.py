@@ -9,7 +9,6 @@ the mesh's devices. The embedding trainer's machinery is reused from train.py: m
 checkpoints with resume, config.json, the workdir lock, CLU writers.
 """
 import contextlib
-import functools
 import os
 import time
 
