@@ -2,6 +2,7 @@ r"""The grid_pca head's choices, side by side on the real sets (issue 12; README
 
   python benchmarks/whitening_sweep.py [--sizes 224,288] [--grids 1,2,3] [--dims 256,512]
   python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 256,512,1024 --taps 13 --tap_grids 3,4
+  python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 512 --taps 13 --powers 1,0.6,0.5,0.4,0.3
 
 For each input size: the frozen ImageNet MobileNetV2 (configs/release_grid.py's backbone) maps the
 rendered paperwork captures tools/fit_whitening.py fits on (the same config), and every image of
@@ -10,6 +11,7 @@ are scored raw (cosine) and PCA-whitened to each dimension (fitted on the render
 evaluation protocol (TPR@1e-4 / AUROC / top-1). One JSON line per (size, grid, dim); dim 0 = raw.
 With --taps (v3): each grid's regions joined by those of MobileNetV2 block `--taps`'s map at each
 --tap_grid, the two parts at equal RMS norm (as configs/release_grid.py's part_weights (1, 1)).
+With --powers (v4: 0.5): each pooled number to sign(x) |x|^power first (models/heads.py).
 The shared sets only score the choices: the release's choices were read off this table, so its
 figures on these two sets are optimistic for unseen documents.
 """
@@ -52,13 +54,19 @@ def feature_maps(config, images, batch=32):
   return np.concatenate(out)
 
 
-def joined(maps, grid, tap_grid, scale=None):
-  """Region-pooled features; with a tap map, its regions appended, the parts at equal RMS norm
-  (models/whitening.part_scales with weights (1, 1), fitted on the first call: (features, scale))."""
+def signed_power(x, power):
+  """models/heads.py's power normalisation."""
+  return x if power == 1 else np.sign(x) * np.abs(x) ** power
+
+
+def joined(maps, grid, tap_grid, scale=None, power=1.0):
+  """Region-pooled features (each to the signed `power`); with a tap map, its regions appended,
+  the parts at equal RMS norm (models/whitening.part_scales with weights (1, 1), fitted on the
+  first call: (features, scale))."""
   if not isinstance(maps, tuple):
-    return np.asarray(region_pool(maps, grid), np.float64), None
-  last = np.asarray(region_pool(maps[0], grid), np.float64)
-  tap = np.asarray(region_pool(maps[1], tap_grid), np.float64)
+    return signed_power(np.asarray(region_pool(maps, grid), np.float64), power), None
+  last = signed_power(np.asarray(region_pool(maps[0], grid), np.float64), power)
+  tap = signed_power(np.asarray(region_pool(maps[1], tap_grid), np.float64), power)
   x = np.concatenate([last, tap], 1)
   if scale is None:
     scale = part_scales(x, [last.shape[1], tap.shape[1]], (1.0, 1.0))
@@ -79,6 +87,7 @@ def main(argv=None):
   p.add_argument('--dims', default='256,512')
   p.add_argument('--taps', default='', help='a MobileNetV2 block whose map joins the regions')
   p.add_argument('--tap_grids', default='4')
+  p.add_argument('--powers', default='1', help='signed powers of the pooled vector (v4: 0.5)')
   args = p.parse_args(argv)
   tap_grids = [int(g) for g in args.tap_grids.split(',')] if args.taps else [0]
   for size in map(int, args.sizes.split(',')):
@@ -92,16 +101,17 @@ def main(argv=None):
       images, labels, is_register, _ = labelled_folder.load_labelled_folder(
           os.path.join(args.data, name), size)
       sets[name] = (feature_maps(config, images), labels, is_register)
-    for grid, tap_grid in [(g, t) for g in map(int, args.grids.split(',')) for t in tap_grids]:
-      fit_x, scale = joined(fit_maps, grid, tap_grid)
+    for grid, tap_grid, power in [(g, t, w) for g in map(int, args.grids.split(','))
+                                  for t in tap_grids for w in map(float, args.powers.split(','))]:
+      fit_x, scale = joined(fit_maps, grid, tap_grid, power=power)
       for dim in [0] + [int(d) for d in args.dims.split(',')]:
-        row = dict(size=size, grid=grid, dim=dim or 'raw')
+        row = dict(size=size, grid=grid, dim=dim or 'raw', power=power)
         if args.taps:
           row.update(tap=int(args.taps), tap_grid=tap_grid)
         if dim:
           kernel, bias, _ = fit_pca_whitening(fit_x, dim, config.whiten.eps)
         for name, (maps, labels, is_register) in sets.items():
-          x = joined(maps, grid, tap_grid, scale)[0]
+          x = joined(maps, grid, tap_grid, scale, power)[0]
           e = l2(x @ kernel + bias if dim else x)
           m = verification.pair_metrics(e, labels, fprs=(1e-4,))
           row[name] = [round(m['tpr@fpr=1e-04'], 3), round(m['auroc'], 3),

@@ -9,7 +9,7 @@
   export     --checkpoint W --out DIR [--formats jax,onnx] [--detector [D]]
 
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
-model folder; without it the released model (released/docembed-v3, README) is used.
+model folder; without it the released model (released/docembed-v4, README) is used.
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
 along its detected document corners (released/corners-v1) before it is embedded; a registry
 records it and refuses the other kind.
@@ -438,7 +438,7 @@ def build_parser():
       s.add_argument('--checkpoint', default=released.DEFAULT_DIR,
                      help='training workdir, export folder, .jaxexport / .onnx file, or a '
                           'released model folder (default: the released model, '
-                          'released/docembed-v3)')
+                          'released/docembed-v4)')
     if registry:
       s.add_argument('--registry', required=True, help='registry file (.npz)')
     if name in RECTIFYING_COMMANDS:  # issue 15

@@ -14,7 +14,7 @@ import file_io
 # for every command, and commands that embed nothing must not pay for JAX.
 
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'released', 'docembed-v3')
+                           'released', 'docembed-v4')
 CONFIG_FILE, VARIABLES_FILE = 'model.json', 'variables.msgpack'
 UNCERTAINTY_CONFIG, UNCERTAINTY_VARIABLES = 'uncertainty.json', 'uncertainty.msgpack'
 

@@ -62,7 +62,7 @@ class Embedder(nn.Module):
     return EmbeddingHead(kind=cfg.head, squeeze_channels=cfg.squeeze_channels,
                          embed_dim=cfg.embed_dim, dropout=cfg.dropout, dtype=dtype,
                          conv_impl=cfg.get('conv_impl', 'auto'), grid=cfg.get('grid', 2),
-                         tap_grid=cfg.get('tap_grid', 4),
+                         tap_grid=cfg.get('tap_grid', 4), power=cfg.get('power', 1.0),
                          name='head')(x, train=train, taps=taps)
 
 

@@ -8,7 +8,10 @@ keep only one of the two norms, for ablations.
 by regions: `grid` x `grid` overlapping windows (about half a window apart), each mean-pooled,
 concatenated (a coarse layout, which forms need, but blind to a few pixels of shift), then one
 Linear layer: a PCA whitening fitted on rendered paperwork captures (tools/fit_whitening.py), so
-that the direction every white page shares stops dominating the cosine score.
+that the direction every white page shares stops dominating the cosine score. With `power` < 1
+each pooled number first goes to sign(x) |x|^power (power normalisation, as in Fisher-vector and
+R-MAC retrieval): a few strong activations (a large logo, a thick table rule) weigh less beside
+the many weak ones of the text and boxes that tell two forms of one issuer apart.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -42,6 +45,7 @@ class EmbeddingHead(nn.Module):
   conv_impl: str = 'auto'
   grid: int = 2  # 'grid_pca' only
   tap_grid: int = 4  # 'grid_pca' with side taps: the windows over each side tap's map
+  power: float = 1.0  # 'grid_pca': signed power of the pooled vector before the whitening
 
   @nn.compact
   def __call__(self, x, train=False, taps=()):
@@ -50,6 +54,8 @@ class EmbeddingHead(nn.Module):
     if self.kind == 'grid_pca':
       x = jnp.concatenate([region_pool(x.astype(jnp.float32), self.grid)] + [
           region_pool(t.astype(jnp.float32), self.tap_grid) for t in taps], axis=-1)
+      if self.power != 1.0:  # power normalisation: the module docstring says why
+        x = jnp.sign(x) * jnp.abs(x) ** self.power
       self.sow('intermediates', 'squeezed', x)  # the uncertainty head's input, as below
       return nn.Dense(self.embed_dim, name='whiten')(x)
     if taps:

@@ -2,6 +2,7 @@
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -65,6 +66,14 @@ def test_side_taps_join_the_whitened_vector_at_the_configured_weights():
            for a, b in [(0, sizes[0]), (sizes[0], sum(sizes))]]
     assert rms[1] / rms[0] == pytest.approx(weights[1], rel=1e-6)
     assert np.all(scale[:sizes[0]] == 1.0)  # relative to the first part: one part changes nothing
+  # v4's power normalisation: the whitening reads each pooled number as sign(x) sqrt(|x|), the
+  # tap's (a linear bottleneck's output) negative ones included.
+  assert config.model.power == 0.5
+  plain = build_model(ml_collections.ConfigDict(dict(config.model.to_dict(), power=1.0)))
+  _, inter = plain.apply(variables, images, mutable=['intermediates'])
+  raw = np.asarray(inter['intermediates']['head']['squeezed'][0], np.float64)
+  assert (raw[:, sizes[0]:] < 0).mean() > 0.1
+  np.testing.assert_allclose(pooled, np.sign(raw) * np.sqrt(np.abs(raw)), rtol=1e-5, atol=1e-6)
   z = np.asarray(model.apply(variables, images), np.float64)
   corr = np.corrcoef(z.T)
   assert np.abs(corr - np.eye(z.shape[1])).max() < 1e-3  # still whitened, scale folded in

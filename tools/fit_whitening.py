@@ -1,6 +1,6 @@
 r"""Fits the 'grid_pca' head's whitening on rendered paperwork and writes a released-model folder.
 
-  python tools/fit_whitening.py --config=configs/release_grid.py --out=released/docembed-v3
+  python tools/fit_whitening.py --config=configs/release_grid.py --out=released/docembed-v4
 
 The backbone is the config's (ImageNet weights from config.model.pretrained, as loaded for
 training); the head's Linear layer becomes the PCA whitening of the region-pooled features of
