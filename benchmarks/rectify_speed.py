@@ -3,11 +3,14 @@ r"""Per-photo cost of rectified embedding on one core (issue 15): detect + warp 
     python benchmarks/rectify_speed.py                                  # MIDV frames, released models
     python benchmarks/rectify_speed.py --export_dir=/tmp/export         # reuse an `inference.cli
                                                                         #   export --detector` folder
+    python benchmarks/rectify_speed.py --export_dir=/tmp/export --runtimes=onnx,onnx_int8
 
-Both runtimes, each in this one process: `jax` (the released embedder and corner detector, jitted)
-and `onnx` (the same two exported as `inference.cli export --detector` does, inference/export.py,
-run by onnxruntime). The photo is decoded once, beforehand (decoding is the same with or without
-rectification); each case starts from the decoded uint8 photo and ends with its embedding:
+The runtimes, each in this one process: `jax` (the released embedder and corner detector,
+jitted), `onnx` (the same two exported as `inference.cli export --detector` does,
+inference/export.py, run by onnxruntime) and `onnx_int8` (those two quantized by `python -m
+inference.quantize`, done here when the folder lacks them). The photo is decoded once, beforehand
+(decoding is the same with or without rectification); each case starts from the decoded uint8
+photo and ends with its embedding:
 - `embed`: the whole photo stretched to the embedder's square, embedded (what --no-rectify does);
 - `detect`: the photo stretched to the detector's square, corners and presence;
 - `refine`: inference/rectify.py `refine_quad` (numpy + Pillow; the same in both runtimes);
@@ -40,7 +43,8 @@ def parse_args():
   p.add_argument('--detector', default='', help='default: released/corners-v1')
   p.add_argument('--export_dir', help='folder of `inference.cli export --detector` (onnx); '
                  'default: export into a temporary folder now')
-  p.add_argument('--runtimes', default='jax,onnx')
+  p.add_argument('--runtimes', default='jax,onnx',
+                 help='of jax, onnx, onnx_int8 (the exports quantized by inference/quantize.py)')
   p.add_argument('--threads', type=int, default=1)
   p.add_argument('--rounds', type=int, default=15)
   return p.parse_args()
@@ -78,9 +82,19 @@ def load_models(args, runtime, export_dir):
     return (load_model(args.embedder or released.DEFAULT_DIR),
             detector_lib.load_detector(args.detector or None))
   from inference.onnx_model import load_onnx  # pylint: disable=g-import-not-at-top
-  return (load_onnx(os.path.join(export_dir, 'embedder.onnx'), num_threads=args.threads),
-          detector_lib.load_detector(os.path.join(export_dir, 'detector.onnx'),
+  suffix = '.int8.onnx' if runtime == 'onnx_int8' else '.onnx'
+  return (load_onnx(os.path.join(export_dir, 'embedder' + suffix), num_threads=args.threads),
+          detector_lib.load_detector(os.path.join(export_dir, 'detector' + suffix),
                                      num_threads=args.threads))
+
+
+def quantize_int8(export_dir):
+  """embedder.int8.onnx and detector.int8.onnx beside the float ones, as `python -m
+  inference.quantize --onnx` writes them, unless already there."""
+  from inference import quantize  # pylint: disable=g-import-not-at-top
+  for stem in ('embedder', 'detector'):
+    if not os.path.isfile(os.path.join(export_dir, stem + '.int8.onnx')):
+      assert quantize.main(['--onnx', os.path.join(export_dir, stem + '.onnx')]) == 0
 
 
 def export_onnx(args, jax_models, out_dir):
@@ -128,12 +142,16 @@ def main():
   models = {}
   if 'jax' in runtimes or not args.export_dir:
     models['jax'] = load_models(args, 'jax', None)
-  if 'onnx' in runtimes:
+  if 'onnx' in runtimes or 'onnx_int8' in runtimes:
     export_dir = args.export_dir
     if not export_dir:
       export_dir = tempfile.mkdtemp(prefix='rectify_speed_')
       export_onnx(args, models['jax'], export_dir)
-    models['onnx'] = load_models(args, 'onnx', export_dir)
+    if 'onnx_int8' in runtimes:
+      quantize_int8(export_dir)
+    for runtime in ('onnx', 'onnx_int8'):
+      if runtime in runtimes:
+        models[runtime] = load_models(args, runtime, export_dir)
   candidates = {}
   for runtime in runtimes:
     for case, fn in cases(*models[runtime], DEFAULT_MIN_CONFIDENCE).items():

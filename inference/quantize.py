@@ -1,13 +1,18 @@
-"""int8 variant of an exported ONNX embedder: onnxruntime static quantization (issue 17).
+"""int8 variant of an exported ONNX embedder or corner detector: onnxruntime static quantization
+(issue 17; the detector for issue 15's speed).
 
     python -m inference.quantize --onnx export/embedder.onnx [--out export/embedder.int8.onnx]
+    python -m inference.quantize --onnx export/detector.onnx     # -> export/detector.int8.onnx
 
 Weights int8 per output channel, activations uint8 with ranges calibrated on captures of rendered
 documents (input_pipeline/synthetic.py, templates outside the training and held-out id ranges:
-this never reads the shared evaluation data). QDQ format: onnxruntime fuses each
+this never reads the shared evaluation data); for the detector, rendered phone photos of held-out
+paperwork templates (input_pipeline/corner_data.py, the detector's own held-out set). QDQ format: onnxruntime fuses each
 DequantizeLinear -> Conv -> QuantizeLinear into an integer conv (VNNI where the CPU has it).
 Quantised: the convs, ReLU6 / ReLU and the residual adds (OP_TYPES); the head (LayerNorm, the two
-Gemms, L2 normalisation) stays float32, so the embedding's last steps keep full precision.
+Gemms, L2 normalisation) stays float32, so the embedding's last steps keep full precision; the
+detector's heatmap soft-argmax likewise (quantising every op put its corners off the page on MIDV;
+with OP_TYPES they move by about a pixel: README "Serving speed of rectified classification").
 Not written by `export`: the README ("Serving speed") has its speed and accuracy cost, which
 differ by backbone (hard-swish has no integer kernel).
 The metadata JSON is copied beside the result, so registries of the float32 model accept it
@@ -15,6 +20,7 @@ The metadata JSON is copied beside the result, so registries of the float32 mode
 measured in the README, not hidden by a new identity).
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -57,6 +63,17 @@ class _Reader:
     raise NotImplementedError
 
 
+def detector_calibration_images(image_size, count=96):
+  """uint8 [count, S, S, 3]: rendered phone photos of held-out paperwork templates (a page on a
+  desk, in a hand, tilted, partly out of frame: the corner detector's held-out set)."""
+  from configs import corners  # pylint: disable=g-import-not-at-top
+  from input_pipeline import corner_data  # pylint: disable=g-import-not-at-top
+  config = corners.get_config()
+  config.data.image_size = image_size
+  config.corners.data.heldout_examples = count
+  return corner_data.heldout_set(config)['image']
+
+
 def quantize_int8(fp32_path, out_path, images):
   """Writes the int8 QDQ model calibrated on `images` (uint8 NHWC) and its metadata JSON."""
   import onnx  # pylint: disable=g-import-not-at-top
@@ -83,16 +100,26 @@ def quantize_int8(fp32_path, out_path, images):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--onnx', required=True, help='float32 embedder.onnx written by export')
+  p.add_argument('--onnx', required=True,
+                 help='float32 embedder.onnx or detector.onnx written by export')
   p.add_argument('--out', help='default: <onnx stem>.int8.onnx beside it')
   p.add_argument('--calibration_images', type=int, default=128)
   args = p.parse_args(argv)
+  from inference import detector as detector_lib  # pylint: disable=g-import-not-at-top
   from inference.embedding import read_export_metadata  # pylint: disable=g-import-not-at-top
   from inference.images import InputError  # pylint: disable=g-import-not-at-top
   try:
     if not os.path.isfile(args.onnx):
       raise InputError(f'{args.onnx}: no such file')
-    size = read_export_metadata(args.onnx)['preprocessing']['image_size']
+    try:  # which model: the kind in its metadata (the readers below report a bad file)
+      with open(os.path.splitext(args.onnx)[0] + '.json') as f:
+        is_detector = json.load(f).get('kind') == detector_lib.EXPORT_KIND
+    except (OSError, ValueError, AttributeError):
+      is_detector = False
+    if is_detector:
+      size = detector_lib.read_export_metadata(args.onnx)['image_size']
+    else:
+      size = read_export_metadata(args.onnx)['preprocessing']['image_size']
     import onnx  # pylint: disable=g-import-not-at-top
     try:
       onnx.checker.check_model(args.onnx)
@@ -102,7 +129,9 @@ def main(argv=None):
     print(f'error: {e}', file=sys.stderr)
     return 1
   out = args.out or os.path.splitext(args.onnx)[0] + '.int8.onnx'
-  quantize_int8(args.onnx, out, calibration_images(size, args.calibration_images))
+  images = (detector_calibration_images(size, min(args.calibration_images, 96)) if is_detector
+            else calibration_images(size, args.calibration_images))
+  quantize_int8(args.onnx, out, images)
   print(out)
   return 0
 
