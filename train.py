@@ -166,6 +166,18 @@ def state_shardings(abstract_state, config, mesh):
       abstract_state)
 
 
+def put_from_host(tree, shardings):
+  """jax.device_put of values every process holds whole (numpy, or a jax array on one local
+  device, as from_pretrained and the ImageNet init return) onto a mesh that may span processes.
+  With several processes jax refuses a one-device array as the source ("does not support
+  cross-host device transfers"), so those go as numpy; arrays already global stay as they are."""
+  if jax.process_count() > 1:
+    tree = jax.tree.map(
+        lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x,
+        tree)
+  return jax.device_put(tree, shardings)
+
+
 # ---------------------------------------------------------------------------------------------
 # Update step.
 # ---------------------------------------------------------------------------------------------
@@ -265,18 +277,6 @@ def make_train_step(config, model, tx, lr_fn, num_classes, teacher=None):
 # ---------------------------------------------------------------------------------------------
 # Checkpoints.
 # ---------------------------------------------------------------------------------------------
-
-def put_from_host(tree, shardings):
-  """jax.device_put of values every process holds whole (numpy, or a jax array on one local
-  device, as from_pretrained and the ImageNet init return) onto a mesh that may span processes.
-  With several processes jax refuses a one-device array as the source ("does not support
-  cross-host device transfers"), so those go as numpy; arrays already global stay as they are."""
-  if jax.process_count() > 1:
-    tree = jax.tree.map(
-        lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x,
-        tree)
-  return jax.device_put(tree, shardings)
-
 
 def create_train_state(config, model, tx, rng, num_classes, mesh, teacher_dim=0):
   """(state initialised in place on the mesh, its shardings by the rules above)."""

@@ -94,7 +94,8 @@ def quantize_int8(export_dir):
   from inference import quantize  # pylint: disable=g-import-not-at-top
   for stem in ('embedder', 'detector'):
     if not os.path.isfile(os.path.join(export_dir, stem + '.int8.onnx')):
-      assert quantize.main(['--onnx', os.path.join(export_dir, stem + '.onnx')]) == 0
+      if quantize.main(['--onnx', os.path.join(export_dir, stem + '.onnx')]):
+        sys.exit(f'{export_dir}: {stem}.onnx could not be quantized (above)')
 
 
 def export_onnx(args, jax_models, out_dir):

@@ -7,12 +7,13 @@
 Weights int8 per output channel, activations uint8 with ranges calibrated on captures of rendered
 documents (input_pipeline/synthetic.py, templates outside the training and held-out id ranges:
 this never reads the shared evaluation data); for the detector, rendered phone photos of held-out
-paperwork templates (input_pipeline/corner_data.py, the detector's own held-out set). QDQ format: onnxruntime fuses each
-DequantizeLinear -> Conv -> QuantizeLinear into an integer conv (VNNI where the CPU has it).
+paperwork templates (input_pipeline/corner_data.py, the detector's own held-out set). QDQ format:
+onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear into an integer conv (VNNI where
+the CPU has it).
 Quantised: the convs, ReLU6 / ReLU and the residual adds (OP_TYPES); the head (LayerNorm, the two
 Gemms, L2 normalisation) stays float32, so the embedding's last steps keep full precision; the
 detector's heatmap soft-argmax likewise (quantising every op put its corners off the page on MIDV;
-with OP_TYPES they move by about a pixel: README "Serving speed of rectified classification").
+with OP_TYPES they move by about a pixel: README "Finding and flattening the document", int8).
 Not written by `export`: the README ("Serving speed") has its speed and accuracy cost, which
 differ by backbone (hard-swish has no integer kernel).
 The metadata JSON is copied beside the result, so registries of the float32 model accept it
@@ -103,7 +104,8 @@ def main(argv=None):
   p.add_argument('--onnx', required=True,
                  help='float32 embedder.onnx or detector.onnx written by export')
   p.add_argument('--out', help='default: <onnx stem>.int8.onnx beside it')
-  p.add_argument('--calibration_images', type=int, default=128)
+  p.add_argument('--calibration_images', type=int, default=None,
+                 help='default: 128 for an embedder, 96 for a detector')
   args = p.parse_args(argv)
   from inference import detector as detector_lib  # pylint: disable=g-import-not-at-top
   from inference.embedding import read_export_metadata  # pylint: disable=g-import-not-at-top
@@ -129,8 +131,8 @@ def main(argv=None):
     print(f'error: {e}', file=sys.stderr)
     return 1
   out = args.out or os.path.splitext(args.onnx)[0] + '.int8.onnx'
-  images = (detector_calibration_images(size, min(args.calibration_images, 96)) if is_detector
-            else calibration_images(size, args.calibration_images))
+  images = (detector_calibration_images(size, args.calibration_images or 96) if is_detector
+            else calibration_images(size, args.calibration_images or 128))
   quantize_int8(args.onnx, out, images)
   print(out)
   return 0

@@ -78,6 +78,14 @@ def tiny_demo_config(**overrides):
   return c
 
 
+def free_port():
+  """A TCP port free on localhost now (for a jax.distributed coordinator)."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
 @pytest.fixture(scope='module')
 def emulator():
   """A GCS emulator on localhost (tests/gcs_emulator.py), reached as gs:// by this process and by

@@ -227,7 +227,8 @@ def test_int8_detector_keeps_its_head_in_float_and_approximates(exported_detecto
   # cell (as detector_check_photos says): most corners, not all, stay put. (The released
   # detector on MIDV: README "Serving speed of rectified classification".)
   moved = np.linalg.norm(got - want, axis=-1)
-  assert got.shape == want.shape and np.median(moved) < 0.01 and np.mean(moved < 0.02) >= 0.75, moved
+  assert got.shape == want.shape
+  assert np.median(moved) < 0.01 and np.mean(moved < 0.02) >= 0.75, moved
   assert not [p for p in os.listdir(out) if p.startswith('.') or p.endswith('.tmp')]
 
 

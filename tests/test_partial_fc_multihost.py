@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -14,13 +13,9 @@ import jax
 import numpy as np
 from jax.sharding import AxisType
 
+from conftest import free_port
+
 WORKER = pathlib.Path(__file__).with_name('multihost_worker.py')
-
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def run_workers(mode):

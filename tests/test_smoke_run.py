@@ -17,7 +17,6 @@ import functools
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 NUM_IMAGENET = 448   # PartialFC at rate 0.3 over 4 shards must hold a batch of 32's positives
 NUM_TYPES = 4        # document folders
@@ -180,11 +179,6 @@ def check_config(saved):
   assert saved['model']['dtype'] == 'bfloat16' and saved['loss']['partial_fc']
   assert (saved['mesh']['data'], saved['mesh']['model']) == (2, 4)
 
-
-def free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def finished_steps(emulator, bucket):
