@@ -109,6 +109,9 @@ def main(argv=None):
   p.add_argument('--classify', default='', help='comma list of whole,detector,refined,opencv,truth')
   p.add_argument('--embedder', default='', help='embedding model (default: the release)')
   p.add_argument('--min_confidence', type=float, default=0.5)
+  p.add_argument('--warp', default='direct', choices=('direct', 'page'),
+                 help="rectified frames warped straight to the embedder's square (as the CLI "
+                      "does) or to the page's own size and then resized (before)")
   args = p.parse_args(argv)
   frames = read_frames(args.data)
   rgbs = [load_rgb(path) for path, _ in frames]
@@ -146,19 +149,23 @@ def main(argv=None):
     reg_rgbs = [load_rgb(os.path.join(args.data, r['file'])) for r in register]
     reg_labels = [r['label'] for r in register]
     frame_labels = [label_of[path] for path, _ in frames]
+    # As the CLI warps: straight to the embedder's square, unless --warp=page.
+    square = rectify.model_square(embedder.preprocessing) if args.warp == 'direct' else None
     for name in wanted:
       if name == 'whole':
         views, used = rgbs, len(rgbs) * [False]
       elif name == 'truth':
-        views, used = [rectify.rectify(rgb, t) for rgb, (_, t) in zip(rgbs, frames)], len(rgbs) * [True]
+        views = [rectify.rectify(rgb, t, square=square) for rgb, (_, t) in zip(rgbs, frames)]
+        used = len(rgbs) * [True]
       else:
         conf = ([d['confidence'] for d in detections] if name in ('detector', 'refined')
                 else len(rgbs) * [1.0])
-        pairs = [rectify.rectify_or_whole(rgb, {'quad': q, 'confidence': c}, args.min_confidence)
+        pairs = [rectify.rectify_or_whole(rgb, {'quad': q, 'confidence': c}, args.min_confidence,
+                                          square)
                  for rgb, q, c in zip(rgbs, predicted[name][0], conf)]
         views, used = [v for v, _ in pairs], [info['rectified'] for _, info in pairs]
       emit(dict(classification(name, embedder, reg_rgbs, views, frame_labels, reg_labels),
-                frames_rectified=int(sum(used))))
+                frames_rectified=int(sum(used)), warp=args.warp))
 
 
 if __name__ == '__main__':

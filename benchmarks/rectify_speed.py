@@ -14,7 +14,8 @@ photo and ends with its embedding:
 - `embed`: the whole photo stretched to the embedder's square, embedded (what --no-rectify does);
 - `detect`: the photo stretched to the detector's square, corners and presence;
 - `refine`: inference/rectify.py `refine_quad` (numpy + Pillow; the same in both runtimes);
-- `warp`: rectify (Pillow perspective warp) + stretch to the embedder's square;
+- `warp`: rectify, the Pillow perspective warp straight to the embedder's square (as the CLI does
+  for a 'stretch' embedder); `warp_page`: the warp to the page's own size + the stretch (before);
 - `detect+warp+embed`: the issue's target (< 20 ms on one core);
 - `detect+refine+warp+embed`: what `--rectify` does (inference/rectify.py `rectifier`).
 Photos: the first `--photos` frames of `--data` (MIDV, quads.csv order), cycled, so every case
@@ -111,7 +112,8 @@ def cases(embedder, detector, min_confidence):
   from inference import rectify  # pylint: disable=g-import-not-at-top
   from inference.images import to_model_input  # pylint: disable=g-import-not-at-top
   embed = lambda rgb: embedder.embed(to_model_input(rgb, embedder.preprocessing)[None])
-  rectifier = rectify.rectifier(detector, min_confidence)
+  square = rectify.model_square(embedder.preprocessing)  # as the CLI warps
+  rectifier = rectify.rectifier(detector, min_confidence, square)
   found = {}
 
   def detect(rgb):
@@ -119,15 +121,19 @@ def cases(embedder, detector, min_confidence):
     return found[id(rgb)]
 
   def detect_warp_embed(rgb):
-    image, _ = rectify.rectify_or_whole(rgb, detector.detect(rgb), min_confidence)
+    image, _ = rectify.rectify_or_whole(rgb, detector.detect(rgb), min_confidence, square)
     return embed(image)
+
+  def warp(rgb, to_square):
+    image, _ = rectify.rectify_or_whole(rgb, found[id(rgb)], min_confidence, to_square)
+    return to_model_input(image, embedder.preprocessing)
 
   return {
       'embed': embed,
       'detect': detect,
       'refine': lambda rgb: rectify.refine_quad(rgb, found[id(rgb)]['quad']),
-      'warp': lambda rgb: to_model_input(rectify.rectify_or_whole(
-          rgb, found[id(rgb)], min_confidence)[0], embedder.preprocessing),
+      'warp': lambda rgb: warp(rgb, square),
+      'warp_page': lambda rgb: warp(rgb, None),
       'detect+warp+embed': detect_warp_embed,
       'detect+refine+warp+embed': lambda rgb: embed(rectifier(rgb)[0]),
   }
@@ -156,7 +162,7 @@ def main():
   candidates = {}
   for runtime in runtimes:
     for case, fn in cases(*models[runtime], DEFAULT_MIN_CONFIDENCE).items():
-      if case in ('refine', 'warp') and runtime != runtimes[0]:
+      if case in ('refine', 'warp', 'warp_page') and runtime != runtimes[0]:
         continue  # numpy + Pillow: the same code whatever runs the networks
       cycle = itertools.cycle(photos)  # each candidate steps through the photos once per round
       candidates[(runtime, case)] = (lambda f, c: lambda: f(next(c)))(fn, cycle)
@@ -169,7 +175,7 @@ def main():
     medians[(runtime, case)] = s['wall_ms_median']
     embedder, detector = models[runtime]
     timing.emit({'bench': 'rectify_speed', 'case': case,
-                 'runtime': runtime if case not in ('refine', 'warp') else 'numpy+pillow', **s,
+                 'runtime': runtime if case not in ('refine', 'warp', 'warp_page') else 'numpy+pillow', **s,
                  'ratio_to_embed': round(s['wall_ms_median'] / medians[(runtime, 'embed')], 2),
                  'photos': photo_text, 'photo_px': [list(p.shape[:2]) for p in photos][:1],
                  'embedder': embedder.source, 'embedder_px': embedder.preprocessing['image_size'],

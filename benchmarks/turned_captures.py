@@ -50,7 +50,8 @@ def main(argv=None):
   if args.rectify:
     from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
     from inference import rectify  # pylint: disable=import-outside-toplevel
-    rectifier = rectify.rectifier(detector_lib.load_detector(args.detector))
+    rectifier = rectify.rectifier(detector_lib.load_detector(args.detector),
+                                  square=rectify.model_square(model.preprocessing))
   rows = images_lib.read_labels_csv(args.data)
   reg_items = [(label, path) for path, label, role in rows if role == 'register']
   query_items = [(label, path) for path, label, role in rows if role != 'register']

@@ -96,10 +96,13 @@ def use_rectification(args, model, registry=None):
   before embedding (inference/rectify.py): --rectify / --no-rectify, else what `registry` was
   built with, else not. The choice goes into model.preprocessing, which a registry records and
   checks, so rectified and whole-photo embeddings are never mixed."""
-  recorded = None
+  recorded, recorded_warp = None, None
   if registry and file_io.exists(registry):
     from inference.registry import Registry
-    recorded = 'rectify' in Registry.load(registry).preprocessing
+    preprocessing = Registry.load(registry).preprocessing
+    recorded = 'rectify' in preprocessing
+    # Registries rectified before the direct warp existed record none: their warp is kept.
+    recorded_warp = preprocessing['rectify'].get('warp', 'page') if recorded else None
   wanted = bool(recorded) if args.rectify is None else args.rectify
   if recorded is not None and wanted != recorded:
     kind = lambda rectified: 'rectified' if rectified else 'whole-photo'
@@ -111,9 +114,10 @@ def use_rectification(args, model, registry=None):
     from inference import detector as detector_lib
     from inference import rectify
     detector = detector_lib.load_detector(args.detector)
-    model.preprocessing = dict(model.preprocessing,
-                               rectify=rectify.rectify_record(detector, args.min_confidence))
-    args.rectifier = rectify.rectifier(detector, args.min_confidence)
+    square = rectify.model_square(model.preprocessing) if recorded_warp != 'page' else None
+    model.preprocessing = dict(model.preprocessing, rectify=rectify.rectify_record(
+        detector, args.min_confidence, square))
+    args.rectifier = rectify.rectifier(detector, args.min_confidence, square)
 
 
 def rectified_count(loaded):

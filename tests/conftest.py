@@ -4,10 +4,10 @@ import sys
 
 # XLA:CPU is also asked for less LLVM optimisation: compiling dominates these tests (the steps
 # take milliseconds), and the LLVM level changes no float result (fast-math stays off).
+# Subprocesses that run main.py on one device pass FAST_COMPILE alone.
+FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8'
-                           ' --xla_backend_optimization_level=0'
-                           ' --xla_llvm_disable_expensive_passes=true').strip()
+                           f' --xla_force_host_platform_device_count=8 {FAST_COMPILE}').strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # Compilation dominates these tests; identical programs (a resumed run, a restarted process)
 # are compiled once per session.

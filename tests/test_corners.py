@@ -14,6 +14,7 @@ from configs import corners as corners_config
 from errors import InputError
 from inference import quads, rectify
 from input_pipeline import captures
+from input_pipeline.image_io import stretch_to_square
 from tools.read_scalars import read_scalars
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +53,7 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   args = argparse.Namespace(rectify=True, detector=detector_dir, min_confidence=0.5)
   cli.use_rectification(args, model)
   assert model.preprocessing['rectify']['min_confidence'] == 0.5 and args.rectifier
+  assert model.preprocessing['rectify']['warp'] == 'direct'  # straight to the 32 px square
   rectified = str(tmp_path / 'rectified.npz')
   Registry('f', 4, model.preprocessing).save(rectified)
   with pytest.raises(InputError, match='mixing'):
@@ -64,6 +66,15 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   assert follows.rectifier is not None
   image, info = follows.rectifier(np.full((40, 30, 3), 128, np.uint8))
   assert image.ndim == 3 and set(info) >= {'rectified', 'quad', 'confidence'}
+  # A registry rectified before the direct warp (no 'warp' in its record) keeps its own warp,
+  # so its entries and new queries stay comparable.
+  older = str(tmp_path / 'older.npz')
+  record = {k: v for k, v in model.preprocessing['rectify'].items() if k != 'warp'}
+  Registry('f', 4, dict(model.preprocessing, rectify=record)).save(older)
+  follows_old = types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  cli.use_rectification(argparse.Namespace(rectify=None, detector=detector_dir,
+                                           min_confidence=0.5), follows_old, older)
+  assert follows_old.preprocessing == Registry.load(older).preprocessing
 
 
 def test_capture_places_the_page_at_the_given_corners():
@@ -105,6 +116,30 @@ def test_rectify_undoes_a_perspective_warp_upright_and_with_aspect():
   inner = (slice(4, -4), slice(4, -4))  # the edges blur in two resamplings
   assert np.mean(np.abs(back[inner] - doc[inner])) < 25
   assert back[3, 3, 0] > 200 and back[3, 3, 2] < 60  # the red mark is still top-left
+
+
+def test_direct_warp_to_the_square_matches_warp_then_stretch_without_aliasing():
+  # A page of 2-px cells, six times the square's side in the photo: a bilinear warp straight to
+  # the square would sample the cells (moire); the photo is first reduced, as a resize averages.
+  doc = _checkerboard(640, 400, cell=2)
+  doc[:60, :60] = (255, 0, 0)
+  quad = np.array([[40.0, 30.0], [660.0, 60.0], [640.0, 470.0], [20.0, 430.0]])
+  rect = np.array([[0, 0], [640, 0], [640, 400], [0, 400]], np.float64)
+  coeffs = quads.homography(quad, rect).flatten()[:8]
+  photo = np.asarray(Image.fromarray(doc).transform((700, 520), Image.Transform.PERSPECTIVE,
+                                                    tuple(coeffs), Image.BILINEAR))
+  square = 64
+  direct = rectify.rectify(photo, quad, square=square).astype(float)
+  assert direct.shape == (square, square, 3)
+  reference = stretch_to_square(rectify.rectify(photo, quad), square).astype(float)
+  inner = (slice(2, -2), slice(2, -2))
+  diff = np.mean(np.abs(direct[inner] - reference[inner]))
+  corners = np.array([[0, 0], [square, 0], [square, square], [0, square]], np.float64)
+  naive = np.asarray(Image.fromarray(photo).transform(  # the warp alone, nothing averaged
+      (square, square), Image.Transform.PERSPECTIVE,
+      tuple(quads.homography(corners, quad).flatten()[:8]), Image.BILINEAR)).astype(float)
+  assert diff < 2 and np.mean(np.abs(naive[inner] - reference[inner])) > 20  # 0.24 and 44 here
+  assert direct[2, 2, 0] > 200 and direct[2, 2, 2] < 60  # the red block is still top-left
 
 
 @pytest.mark.parametrize('quad', [

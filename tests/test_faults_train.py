@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, tiny_demo_config
+from conftest import FAST_COMPILE, REPO, tiny_demo_config
 from errors import DataError, RunStopped
 import train
 import workdir as workdir_lib
@@ -106,7 +106,7 @@ def test_second_trainer_is_refused_with_the_holder_named(copy_of):
     result = subprocess.run(
         [sys.executable, 'main.py', '--config=configs/arcface_clip.py:demo',
          f'--workdir={copy_of}'], cwd=REPO, capture_output=True, text=True, timeout=180,
-        env=dict(os.environ, XLA_FLAGS=''))
+        env=dict(os.environ, XLA_FLAGS=FAST_COMPILE))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('Stopped: ') and 'in use by another trainer' in last, result.stderr[-2000:]

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import REPO, free_port
+from conftest import FAST_COMPILE, REPO, free_port
 
 NUM_IMAGENET = 448   # PartialFC at rate 0.3 over 4 shards must hold a batch of 32's positives
 NUM_TYPES = 4        # document folders
@@ -127,7 +127,6 @@ def smoke_inputs(tmp_path_factory):
 # Compiling dominates on two cores (the steps take milliseconds): XLA:CPU is asked for less
 # LLVM optimisation (the train step's compile: 35 s -> 22 s, measured side by side), which
 # changes no result these tests look at.
-FAST_COMPILE = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
 def check_log(log, *, docs, tfds_dir, clip, workdir_classes):

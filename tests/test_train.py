@@ -16,7 +16,7 @@ import train
 from configs.validate import ConfigError, validate_config
 from tools.read_scalars import read_scalars
 
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 
 
 def test_train_eval_checkpoint_and_resume_on_a_2d_mesh(tiny_config, tmp_path):
@@ -121,7 +121,7 @@ TINY_FLAGS = ['--config.data.image_size=32', "--config.data.sources=('synthetic'
 def test_sigkill_then_restart_resumes_from_last_checkpoint(tmp_path):
   cmd = [sys.executable, 'main.py', '--config=configs/arcface_clip.py:demo',
          f'--workdir={tmp_path}', *TINY_FLAGS]
-  env = dict(os.environ, XLA_FLAGS='')
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   ckpt = tmp_path / 'checkpoints'
