@@ -3,6 +3,8 @@ r"""The grid_pca head's choices, side by side on the real sets (issue 12; README
   python benchmarks/whitening_sweep.py [--sizes 224,288] [--grids 1,2,3] [--dims 256,512]
   python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 256,512,1024 --taps 13 --tap_grids 3,4
   python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 512 --taps 13 --powers 1,0.6,0.5,0.4,0.3
+  python benchmarks/whitening_sweep.py --sizes 224 --grids 2 --dims 512,768 --taps 13 --powers 0.5 \
+      --templates 1500 --eps 0.01,0.03,0.1
 
 For each input size: the frozen ImageNet MobileNetV2 (configs/release_grid.py's backbone) maps the
 rendered paperwork captures tools/fit_whitening.py fits on (the same config), and every image of
@@ -12,6 +14,8 @@ evaluation protocol (TPR@1e-4 / AUROC / top-1). One JSON line per (size, grid, d
 With --taps (v3): each grid's regions joined by those of MobileNetV2 block `--taps`'s map at each
 --tap_grid, the two parts at equal RMS norm (as configs/release_grid.py's part_weights (1, 1)).
 With --powers (v4: 0.5): each pooled number to sign(x) |x|^power first (models/heads.py).
+--templates and --eps: the whitening fitted on more (or fewer) rendered templates (4 captures
+each), with other regularisers (models/whitening.py).
 The shared sets only score the choices: the release's choices were read off this table, so its
 figures on these two sets are optimistic for unseen documents.
 """
@@ -88,12 +92,17 @@ def main(argv=None):
   p.add_argument('--taps', default='', help='a MobileNetV2 block whose map joins the regions')
   p.add_argument('--tap_grids', default='4')
   p.add_argument('--powers', default='1', help='signed powers of the pooled vector (v4: 0.5)')
+  p.add_argument('--templates', type=int, default=0,
+                 help='rendered templates the whitening is fitted on (default: the config\'s, 600)')
+  p.add_argument('--eps', default='', help='whitening regularisers (default: the config\'s, 1e-2)')
   args = p.parse_args(argv)
   tap_grids = [int(g) for g in args.tap_grids.split(',')] if args.taps else [0]
   for size in map(int, args.sizes.split(',')):
     config = load_config(args.config)
     config.data.image_size = size
     config.model.tap_blocks = (int(args.taps),) if args.taps else ()
+    if args.templates:
+      config.data.paperwork.num_templates = args.templates
     fit_maps = feature_maps(config, rendered.training_captures(
         config.data.paperwork, size, int(config.whiten.captures_per_template))[0])
     sets = {}
@@ -104,12 +113,15 @@ def main(argv=None):
     for grid, tap_grid, power in [(g, t, w) for g in map(int, args.grids.split(','))
                                   for t in tap_grids for w in map(float, args.powers.split(','))]:
       fit_x, scale = joined(fit_maps, grid, tap_grid, power=power)
-      for dim in [0] + [int(d) for d in args.dims.split(',')]:
+      epsilons = [float(e) for e in args.eps.split(',')] if args.eps else [config.whiten.eps]
+      for dim, eps in [(0, None)] + [(int(d), e) for d in args.dims.split(',') for e in epsilons]:
         row = dict(size=size, grid=grid, dim=dim or 'raw', power=power)
         if args.taps:
           row.update(tap=int(args.taps), tap_grid=tap_grid)
+        if args.templates or args.eps:
+          row.update(templates=int(config.data.paperwork.num_templates), eps=eps)
         if dim:
-          kernel, bias, _ = fit_pca_whitening(fit_x, dim, config.whiten.eps)
+          kernel, bias, _ = fit_pca_whitening(fit_x, dim, eps)
         for name, (maps, labels, is_register) in sets.items():
           x = joined(maps, grid, tap_grid, scale, power)[0]
           e = l2(x @ kernel + bias if dim else x)

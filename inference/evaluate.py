@@ -116,7 +116,8 @@ def risk_coverage_figures(embeddings, labels, is_register, log_var, coverage=0.8
   """Top-1 (nearest registered image) error when only the most confident `coverage` of the
   queries is answered, and the AURC, for four rankings: the cosine score; the uncertainty (low
   first); both (the mean of the two ranks); the mutual likelihood score of the query with its
-  nearest registered image (losses/mls.py, both log-variances)."""
+  nearest registered image (losses/mls.py, both log-variances); and the best any ranking could
+  do (`best_possible`: every wrong answer left out first)."""
   labels, is_register = np.asarray(labels), np.asarray(is_register, bool)
   e = np.asarray(embeddings, np.float32)
   log_var = np.asarray(log_var, np.float64)
@@ -132,8 +133,13 @@ def risk_coverage_figures(embeddings, labels, is_register, log_var, coverage=0.8
   mls = -0.5 * np.sum(diff ** 2 / s + np.log(s), axis=1)
   rankings = {'score': best, 'uncertainty': -uncertainty,
               'score_and_uncertainty': _ranks(best) + _ranks(-uncertainty), 'mls': mls}
+  # The floor any ranking can reach: the wrong answers all left out first. Where it is close to
+  # the score's figure, no uncertainty can lower the error by much at that coverage.
+  answered = max(1, int(np.ceil(coverage * len(correct))))
   out = {'risk_coverage/queries': int(len(correct)),
-         'risk_coverage/error_all': float(np.mean(~correct))}
+         'risk_coverage/error_all': float(np.mean(~correct)),
+         f'risk_coverage/error@{coverage:g}/best_possible': float(
+             max(0, np.sum(~correct) - (len(correct) - answered)) / answered)}
   curves = {}
   for name, confidence in rankings.items():
     curves[name] = risk_coverage(correct, confidence)

@@ -133,6 +133,22 @@ def test_head_loads_from_workdir_and_release_and_classify_says_unsure(head_workd
   assert Image.open(out).size == (640, 480)
 
 
+def test_risk_coverage_figures_on_a_known_answer():
+  # Two registered types on the axes; 10 queries: 3 wrong (nearest the other type), of which the
+  # lowest-scoring one is wrong. At 80% coverage 8 are answered: the score leaves out one wrong
+  # and one right query (2/8 wrong), the best ranking leaves out two wrong ones (1/8).
+  angles = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 1.0, 1.2])
+  queries = np.stack([np.cos(angles), np.sin(angles)], 1)
+  emb = np.concatenate([[[1.0, 0.0], [0.0, 1.0]], queries]).astype(np.float32)
+  labels = np.array(['A', 'B'] + ['A'] * 7 + ['B', 'A', 'A'])
+  is_register = np.arange(12) < 2
+  log_var = np.zeros((12, 2))
+  figures, _ = evaluate_lib.risk_coverage_figures(emb, labels, is_register, log_var, 0.8)
+  assert figures['risk_coverage/error_all'] == 0.3
+  assert figures['risk_coverage/error@0.8/best_possible'] == 1 / 8
+  assert figures['risk_coverage/error@0.8/by_score'] == 2 / 8
+
+
 def test_degraded_copies_are_deterministic_captures():
   rng = np.random.RandomState(1)
   images = rng.randint(0, 256, (2, 32, 32, 3)).astype(np.uint8)
