@@ -27,6 +27,7 @@ from errors import ConfigError, RunStopped
 from inference import quads
 from input_pipeline import corner_data
 from models import corners as corners_lib
+from models import release_io
 import train
 import workdir as workdir_lib
 
@@ -175,6 +176,31 @@ def train_and_evaluate(config, workdir):
     return _train_and_evaluate(config, workdir, cleanup)
 
 
+# The model fields that shape the detector's variables: a release is only a starting point for a
+# config that builds the same network (frozen_features and pretrained are training choices).
+ARCHITECTURE_FIELDS = ('backbone', 'width', 'feature_taps', 'head_channels')
+
+
+def init_from_release(config, variables):
+  """The detector's variables replaced by a release's (tools/release_detector.py), to fine-tune
+  it: same architecture and input size, or a one-line ConfigError saying which field differs."""
+  path = config.corners.init_from
+  model_config, released, image_size, _ = release_io.read_release(
+      path, corners_lib.build_detector, 'detector release')
+  for field in ARCHITECTURE_FIELDS:
+    want, have = config.model.get(field), model_config.get(field)
+    if isinstance(want, (tuple, list)):
+      want, have = list(want), list(have or ())
+    if want != have:
+      raise ConfigError(f'config.corners.init_from={path!r}: the release has model.{field}='
+                        f'{have!r}, this config {want!r}')
+  if image_size != config.data.image_size:
+    raise ConfigError(f'config.corners.init_from={path!r}: the release was trained at '
+                      f'{image_size} px, this config at config.data.image_size='
+                      f'{config.data.image_size}')
+  return jax.tree.map(lambda t, r: np.asarray(r, dtype=t.dtype), variables, released)
+
+
 def _train_and_evaluate(config, workdir, cleanup):
   mesh = train.create_mesh(config)
   model = corners_lib.build_detector(config.model)
@@ -192,7 +218,13 @@ def _train_and_evaluate(config, workdir, cleanup):
   init_fn = functools.partial(init_state, config, model, tx)
   shardings = train.state_shardings(jax.eval_shape(init_fn, init_rng), config, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
-  if config.model.pretrained and not start_step:
+  if config.corners.init_from and not start_step:
+    variables = init_from_release(config, {'params': state.params['model'],
+                                           'batch_stats': state.batch_stats})
+    state = train.put_from_host(state.replace(params={'model': variables['params']},
+                                              batch_stats=variables['batch_stats']), shardings)
+    logging.info('Detector initialised from the release %s', config.corners.init_from)
+  elif config.model.pretrained and not start_step:
     variables = corners_lib.init_from_imagenet(
         {'params': state.params['model'], 'batch_stats': state.batch_stats},
         config.model.pretrained)

@@ -37,6 +37,9 @@ def get_config(arg=None):
   cc.heatmap_weight = 0.1
   cc.heatmap_sigma = 1.0       # heatmap cells
   cc.presence_weight = 1.0
+  # A detector release folder (tools/release_detector.py) to fine-tune instead of starting
+  # from the ImageNet trunk; '' starts from ImageNet (model.pretrained).
+  cc.init_from = ''
   cc.data = d = ml_collections.ConfigDict()
   d.num_templates = 300        # rendered pages (training); held-out ids for eval
   d.copies = 2

@@ -9,7 +9,6 @@ numpy + Pillow + onnxruntime alone: JAX, flax and the model are imported inside 
 that need them, never at the top of this module.
 """
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -60,12 +59,9 @@ class CornerDetectorModel:
 
 
 def abstract_variables(model_config, image_size):
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from models import corners as corners_lib  # pylint: disable=import-outside-toplevel
-  model = corners_lib.build_detector(model_config)
-  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
+  from models import release_io  # pylint: disable=import-outside-toplevel
+  return release_io.abstract_variables(model_config, image_size, corners_lib.build_detector)
 
 
 def detect_fn(model_config, variables):
@@ -119,26 +115,10 @@ def load_workdir(workdir, step=None):
 
 
 def load_release(path):
-  cfg_path = os.path.join(path, released.CONFIG_FILE)
-  var_path = os.path.join(path, released.VARIABLES_FILE)
-  import flax.serialization  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  try:
-    with open(cfg_path) as f:
-      meta = json.load(f)
-    model_config, size = ml_collections.ConfigDict(meta['model']), int(meta['image_size'])
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CorruptFileError(f'{cfg_path}: not a readable detector release ({type(e).__name__})') from None
-  abstract = abstract_variables(model_config, size)
-  try:
-    with open(var_path, 'rb') as f:
-      stored = flax.serialization.msgpack_restore(f.read())
-    variables = jax.tree.map(lambda a, s: np.asarray(a, np.float32).reshape(s.shape),
-                             {k: stored[k] for k in abstract}, dict(abstract))
-  except Exception as e:  # pylint: disable=broad-except  (msgpack raises many types on bad bytes)
-    raise CorruptFileError(f'{var_path}: does not hold this detector\'s variables '
-                           f'({type(e).__name__})') from None
+  from models import corners as corners_lib  # pylint: disable=import-outside-toplevel
+  from models import release_io  # pylint: disable=import-outside-toplevel
+  model_config, variables, size, _ = release_io.read_release(
+      path, corners_lib.build_detector, 'detector release')
   return from_variables(model_config, variables, size, source=path)
 
 

@@ -23,9 +23,10 @@ def is_release(path):
       os.path.join(path, VARIABLES_FILE))
 
 
-def abstract_variables(model_config, image_size):
-  """Shapes/dtypes of {'params', 'batch_stats'} without allocating them."""
-  model = build_model(model_config)
+def abstract_variables(model_config, image_size, build=build_model):
+  """Shapes/dtypes of {'params', 'batch_stats'} without allocating them; `build` makes the
+  module from the model config (the embedder's build_model, or the corner detector's)."""
+  model = build(model_config)
   dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
   return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
 
@@ -42,17 +43,19 @@ def read_msgpack_like(path, abstract, what):
                            f'{type(e).__name__})') from None
 
 
-def read_release(path):
-  """-> (model_config dict, variables {'params', 'batch_stats'} float32 numpy, image_size, meta)."""
+def read_release(path, build=build_model, what='released model'):
+  """-> (model_config dict, variables {'params', 'batch_stats'} float32 numpy, image_size, meta).
+
+  `build` as in abstract_variables; `what` names the kind of release in the errors."""
   cfg_path, var_path = os.path.join(path, CONFIG_FILE), os.path.join(path, VARIABLES_FILE)
   if not is_release(path):
-    raise InputError(f'{path}: not a released model ({CONFIG_FILE} + {VARIABLES_FILE})')
+    raise InputError(f'{path}: not a {what} ({CONFIG_FILE} + {VARIABLES_FILE})')
   try:
     with open(cfg_path) as f:
       meta = json.load(f)
     model_config, image_size = meta['model'], int(meta['image_size'])
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise CorruptFileError(f'{cfg_path}: not a readable release config ({type(e).__name__})') from None
-  abstract = abstract_variables(ml_collections.ConfigDict(model_config), image_size)
-  variables = read_msgpack_like(var_path, abstract, "this model's variables")
+    raise CorruptFileError(f'{cfg_path}: not a readable {what} config ({type(e).__name__})') from None
+  abstract = abstract_variables(ml_collections.ConfigDict(model_config), image_size, build)
+  variables = read_msgpack_like(var_path, abstract, f"this {what}'s variables")
   return model_config, variables, image_size, meta

@@ -20,13 +20,22 @@ from tools.read_scalars import read_scalars
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_tiny_detector_trains_checkpoints_and_detects(tmp_path):
+def test_tiny_detector_trains_checkpoints_and_detects(tmp_path, exported_detector):
+  import jax  # pylint: disable=import-outside-toplevel
   import train_corners  # pylint: disable=import-outside-toplevel
   from inference import detector  # pylint: disable=import-outside-toplevel
+  release = exported_detector[0].source  # a tiny detector release: fine-tuned from here
   c = corners_config.get_config('tiny')
   c.corners.data.cache_dir = str(tmp_path / 'bank')
+  c.corners.init_from = release
   state = train_corners.train_and_evaluate(c, str(tmp_path / 'run'))
   assert int(state.step) == 4
+  # Four Adam steps at lr <= 1e-3 move no weight far from the release it started from (a fresh
+  # init differs from it by the init's own scale, ~0.1 and more).
+  start = exported_detector[0].variables['params']
+  moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
+                                       state.params['model'], start))
+  assert max(moved) < 0.01, max(moved)
   scalars = read_scalars(str(tmp_path / 'run'))
   assert [s for s, _ in scalars['train/loss']] == [2, 4]
   assert 0.0 <= scalars['eval/heldout/iou_ge_0.9'][-1][1] <= 1.0
@@ -75,6 +84,24 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   cli.use_rectification(argparse.Namespace(rectify=None, detector=detector_dir,
                                            min_confidence=0.5), follows_old, older)
   assert follows_old.preprocessing == Registry.load(older).preprocessing
+
+
+def test_fine_tuning_from_a_release_of_another_architecture_is_one_line(exported_detector):
+  import train_corners  # pylint: disable=import-outside-toplevel
+  from errors import ConfigError  # pylint: disable=import-outside-toplevel
+  c = corners_config.get_config('tiny')
+  c.corners.init_from = exported_detector[0].source
+  c.model.head_channels = 16
+  with pytest.raises(ConfigError, match='model.head_channels=8, this config 16'):
+    train_corners.init_from_release(c, None)
+  c = corners_config.get_config('tiny')
+  c.corners.init_from = exported_detector[0].source
+  c.data.image_size = 96
+  with pytest.raises(ConfigError, match='trained at 64 px'):
+    train_corners.init_from_release(c, None)
+  c.corners.init_from = os.path.dirname(exported_detector[0].source)  # no model.json there
+  with pytest.raises(InputError, match='not a detector release'):
+    train_corners.init_from_release(c, None)
 
 
 def test_capture_places_the_page_at_the_given_corners():
