@@ -1,6 +1,6 @@
 r"""Document corners and rectified classification on real phone frames (issue 15).
 
-    python benchmarks/corners_midv.py --detector=released/corners-v2     # or a training workdir
+    python benchmarks/corners_midv.py --detector=released/corners-v3     # or a training workdir
     python benchmarks/corners_midv.py --detector=workdirs/corners --classify=whole,detector,truth
 
 Corner accuracy (`--methods`): for each frame of DIR/quads.csv (x0,y0..x3,y3, clockwise from the

@@ -41,7 +41,7 @@ def parse_args():
                  help='folder with quads.csv and its frames (MIDV); drawn pages if absent')
   p.add_argument('--photos', type=int, default=8, help='photos, cycled over the rounds')
   p.add_argument('--embedder', default='', help='default: the released embedder')
-  p.add_argument('--detector', default='', help='default: released/corners-v2')
+  p.add_argument('--detector', default='', help='default: released/corners-v3')
   p.add_argument('--export_dir', help='folder of `inference.cli export --detector` (onnx); '
                  'default: export into a temporary folder now')
   p.add_argument('--runtimes', default='jax,onnx',

@@ -11,7 +11,7 @@
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
 model folder; without it the released model (released/docembed-v4, README) is used.
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
-along its detected document corners (released/corners-v2) before it is embedded; a registry
+along its detected document corners (released/corners-v3) before it is embedded; a registry
 records it and refuses the other kind.
 --turns 180 (or 90,180,270) on register: each image is also entered turned by those degrees, so
 captures fed upside down (or sideways) meet their type; answers say which turn matched.
@@ -451,7 +451,7 @@ def build_parser():
                           'embedding (default: as the registry was built; else off)')
       s.add_argument('--detector', default='', help='corner detector: release folder, '
                      'training workdir, or export (a folder with detector.onnx, or the .onnx / '
-                     '.jaxexport file; ONNX runs without JAX) (default: released/corners-v2)')
+                     '.jaxexport file; ONNX runs without JAX) (default: released/corners-v3)')
       s.add_argument('--min-confidence', type=rate, default=0.5,
                      help='below this detector confidence the whole photo is embedded')
     return s
@@ -518,7 +518,7 @@ def build_parser():
   s.add_argument('--detector', nargs='?', const='', default=None,
                  help='also export the corner detector (issue 15) into the same folder: '
                       'detector.jaxexport / detector.onnx + detector.json; a release folder or '
-                      'training workdir (--detector alone: released/corners-v2)')
+                      'training workdir (--detector alone: released/corners-v3)')
   return p
 
 

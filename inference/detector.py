@@ -19,7 +19,7 @@ from input_pipeline.image_io import stretch_to_square
 from inference import released
 
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           'released', 'corners-v2')
+                           'released', 'corners-v3')
 EXPORT_STEM = 'detector'  # export_dir/detector.{jaxexport,onnx,json}, beside embedder.*
 EXPORT_KIND = 'corner_detector'
 OUTPUTS = ('corners', 'presence')  # [B, 4, 2] in [0, 1] (peak soft-argmax), [B] logit
@@ -173,7 +173,7 @@ def load_jax_export(path):
 
 
 def load_detector(path=None, num_threads=None):
-  """A corner detector: training workdir, release folder (default: released/corners-v2), export
+  """A corner detector: training workdir, release folder (default: released/corners-v3), export
   folder (detector.onnx, else detector.jaxexport), or a .onnx / .jaxexport file. num_threads:
   onnxruntime's threads for an ONNX detector."""
   path = path or DEFAULT_DIR

@@ -1,6 +1,6 @@
 """Writes the corner detector's release folder (inference/detector.py) from a training checkpoint.
 
-  python tools/release_detector.py --workdir=workdirs/corners --out=released/corners-v2
+  python tools/release_detector.py --workdir=workdirs/corners --out=released/corners-v3
 
 The layout of the embedder's release (inference/released.py: model.json + float16
 variables.msgpack). Checks that the stored detector finds the same corners as the checkpoint on
