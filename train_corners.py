@@ -218,19 +218,16 @@ def _train_and_evaluate(config, workdir, cleanup):
   init_fn = functools.partial(init_state, config, model, tx)
   shardings = train.state_shardings(jax.eval_shape(init_fn, init_rng), config, mesh)
   state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
-  if config.corners.init_from and not start_step:
-    variables = init_from_release(config, {'params': state.params['model'],
-                                           'batch_stats': state.batch_stats})
+  if not start_step and (config.corners.init_from or config.model.pretrained):
+    variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
+    if config.corners.init_from:
+      variables = init_from_release(config, variables)
+      logging.info('Detector initialised from the release %s', config.corners.init_from)
+    else:
+      variables = corners_lib.init_from_imagenet(variables, config.model.pretrained)
+      logging.info('Trunk initialised from %s', config.model.pretrained)
     state = train.put_from_host(state.replace(params={'model': variables['params']},
                                               batch_stats=variables['batch_stats']), shardings)
-    logging.info('Detector initialised from the release %s', config.corners.init_from)
-  elif config.model.pretrained and not start_step:
-    variables = corners_lib.init_from_imagenet(
-        {'params': state.params['model'], 'batch_stats': state.batch_stats},
-        config.model.pretrained)
-    state = train.put_from_host(state.replace(params={'model': variables['params']},
-                                              batch_stats=variables['batch_stats']), shardings)
-    logging.info('Trunk initialised from %s', config.model.pretrained)
   if jax.process_index() == 0:
     workdir_lib.check_free_space(workdir, workdir_lib.state_bytes(state) + 2**20)
   manager = train.create_checkpoint_manager(config, workdir)

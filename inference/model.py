@@ -22,6 +22,7 @@ from inference.embedding import EmbeddingModel, read_export_metadata
 from inference.images import default_preprocessing
 from models import uncertainty as uncertainty_lib
 from models.embedder import build_model
+from models.release_io import abstract_variables  # the embedder's shapes, as a release reads them
 
 EXPORT_STEM = 'embedder'  # export_dir/embedder.{jaxexport,onnx,json}
 
@@ -114,13 +115,6 @@ def load_uncertainty_workdir(workdir, config):
   manager.close()
   base.source = f'{base.source} + uncertainty head {workdir} (step {step})'
   return attach_uncertainty(base, head_config, restored, workdir)
-
-
-def abstract_variables(model_config, image_size):
-  """Shapes/dtypes of {'params', 'batch_stats'} without allocating them."""
-  model = build_model(model_config)
-  dummy = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.uint8)
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), dummy)
 
 
 def read_workdir_config(workdir):
