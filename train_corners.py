@@ -46,6 +46,10 @@ def validate_corner_config(config):
     raise ConfigError('config.corners.data.geometry: one non-negative weight per frame aspect')
   if not 0.0 < g.fill_min <= g.fill_max:
     raise ConfigError('config.corners.data.geometry: need 0 < fill_min <= fill_max')
+  if not 0.0 <= g.get('full_page_share', 0.0) <= 1.0:
+    raise ConfigError(f'config.corners.data.geometry.full_page_share={g.full_page_share}: in [0, 1]')
+  if not 0.0 <= g.get('full_page_inset', 0.0) < 0.5:
+    raise ConfigError(f'config.corners.data.geometry.full_page_inset={g.full_page_inset}: in [0, 0.5)')
 
 
 # ---------------------------------------------------------------------------------------------

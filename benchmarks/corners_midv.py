@@ -9,12 +9,15 @@ whether the quad IoU is >= 0.9 (inference/quads.py), for
 - `detector`: the trained corner detector (models/corners.py), on the frame stretched to its square;
 - `detector+refine`: its quad with each side snapped to the strongest straight edge nearby
   (inference/rectify.py `refine_quad`, classical, numpy);
+- `detector+zoom`, `detector+zoom+refine`: the detector's second pass on the crop around its
+  first quad grown by --zoom on each side (inference/detector.py `detect(rgb, zoom)`; what the
+  CLI's --rectify does, refined), then as above;
 - `opencv`: the classical baseline, benchmark-only: the largest convex four-sided contour after
   Canny edges (`largest_quad_contour`), its corners ordered clockwise from the top-left-most one.
 Classification (`--classify`): the released embedder (or `--embedder`) on the registered clean
 templates (DIR/labels.csv role=register) and the frames, each frame embedded `whole`, rectified
 by the `detector` (inference/rectify.py: below --min_confidence or a degenerate quad, the whole
-frame), by the `refined` detector quad, by the `opencv` quad, or by the true quad (`truth`: the ceiling); figures by
+frame), by the `refined` detector quad, by the `zoomed` or `zoomed_refined` quad (the CLI's), by the `opencv` quad, or by the true quad (`truth`: the ceiling); figures by
 evaluation/verification.py (every pair: TPR@FPR, AUROC; top-1 of each frame against the
 registered templates), as `inference.cli evaluate` scores. One JSON line per result.
 """
@@ -109,6 +112,8 @@ def main(argv=None):
   p.add_argument('--classify', default='', help='comma list of whole,detector,refined,opencv,truth')
   p.add_argument('--embedder', default='', help='embedding model (default: the release)')
   p.add_argument('--min_confidence', type=float, default=0.5)
+  p.add_argument('--zoom', type=float, default=None,
+                 help='margin of the zoomed pass (default: inference/detector.py DEFAULT_ZOOM)')
   p.add_argument('--warp', default='direct', choices=('direct', 'page'),
                  help="rectified frames warped straight to the embedder's square (as the CLI "
                       "does) or to the page's own size and then resized (before)")
@@ -118,12 +123,13 @@ def main(argv=None):
   methods = [m for m in args.methods.split(',') if m]
   wanted = [c for c in args.classify.split(',') if c]
   predicted, detections = {}, None
-  if {'detector', 'refined'} & set(methods + wanted):
+  if {'detector', 'refined', 'zoomed', 'zoomed_refined'} & set(methods + wanted):
     from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
     det = detector_lib.load_detector(args.detector or None)
+    zoom = detector_lib.DEFAULT_ZOOM if args.zoom is None else args.zoom
     det.detect(rgbs[0])  # compile outside the timing
     start = time.perf_counter()
-    detections = [det.detect(rgb) for rgb in rgbs]
+    detections = [det.detect(rgb, zoom=0.0) for rgb in rgbs]
     predicted['detector'] = ([d['quad'] for d in detections], time.perf_counter() - start)
     emit(dict(score('detector', predicted['detector'][0], frames, predicted['detector'][1]),
               detector=det.source, min_confidence_seen=round(min(d['confidence'] for d in detections), 4)))
@@ -132,6 +138,17 @@ def main(argv=None):
                              zip(rgbs, predicted['detector'][0])], time.perf_counter() - start)
     emit(dict(score('detector+refine', predicted['refined'][0], frames,
                     predicted['detector'][1] + predicted['refined'][1]), detector=det.source))
+    start = time.perf_counter()
+    predicted['zoomed'] = ([det.detect(rgb, zoom=zoom)['quad'] for rgb in rgbs],
+                           time.perf_counter() - start)
+    emit(dict(score('detector+zoom', predicted['zoomed'][0], frames, predicted['zoomed'][1]),
+              detector=det.source, zoom=zoom))
+    start = time.perf_counter()
+    predicted['zoomed_refined'] = ([rectify.refine_quad(rgb, q) for rgb, q in
+                                    zip(rgbs, predicted['zoomed'][0])], time.perf_counter() - start)
+    emit(dict(score('detector+zoom+refine', predicted['zoomed_refined'][0], frames,
+                    predicted['zoomed'][1] + predicted['zoomed_refined'][1]), detector=det.source,
+              zoom=zoom))
   if 'opencv' in methods or 'opencv' in wanted:
     start = time.perf_counter()
     found = [largest_quad_contour(rgb) for rgb in rgbs]
@@ -158,7 +175,7 @@ def main(argv=None):
         views = [rectify.rectify(rgb, t, square=square) for rgb, (_, t) in zip(rgbs, frames)]
         used = len(rgbs) * [True]
       else:
-        conf = ([d['confidence'] for d in detections] if name in ('detector', 'refined')
+        conf = ([d['confidence'] for d in detections] if detections and name != 'opencv'
                 else len(rgbs) * [1.0])
         pairs = [rectify.rectify_or_whole(rgb, {'quad': q, 'confidence': c}, args.min_confidence,
                                           square)

@@ -64,6 +64,11 @@ def get_config(arg=None):
   g.overhang_min = -0.04       # the page's extent may pass the frame edge by this fraction
   g.overhang_max = 0.1
   g.cut_shift = 0.04
+  # Pages edge to edge (PDFs, scans, the templates users register): clean, scanned or a close
+  # photo. Without them the detector outlined full-frame templates badly (corners-v3 on
+  # `inference.cli evaluate --rectify`, issue 15).
+  g.full_page_share = 0.15
+  g.full_page_inset = 0.05     # corners up to this far inside the frame (a third of it outside)
 
   c.batch_size = 32
   c.num_train_steps = 2400

@@ -96,13 +96,15 @@ def use_rectification(args, model, registry=None):
   before embedding (inference/rectify.py): --rectify / --no-rectify, else what `registry` was
   built with, else not. The choice goes into model.preprocessing, which a registry records and
   checks, so rectified and whole-photo embeddings are never mixed."""
-  recorded, recorded_warp = None, None
+  recorded, recorded_warp, recorded_zoom = None, None, None
   if registry and file_io.exists(registry):
     from inference.registry import Registry
     preprocessing = Registry.load(registry).preprocessing
     recorded = 'rectify' in preprocessing
     # Registries rectified before the direct warp existed record none: their warp is kept.
     recorded_warp = preprocessing['rectify'].get('warp', 'page') if recorded else None
+    # Likewise the zoomed second pass: none recorded, none used (unless --detector-zoom says).
+    recorded_zoom = preprocessing['rectify'].get('zoom', 0.0) if recorded else None
   wanted = bool(recorded) if args.rectify is None else args.rectify
   if recorded is not None and wanted != recorded:
     kind = lambda rectified: 'rectified' if rectified else 'whole-photo'
@@ -115,9 +117,12 @@ def use_rectification(args, model, registry=None):
     from inference import rectify
     detector = detector_lib.load_detector(args.detector)
     square = rectify.model_square(model.preprocessing) if recorded_warp != 'page' else None
+    zoom = args.detector_zoom
+    if zoom is None:
+      zoom = detector_lib.DEFAULT_ZOOM if recorded_zoom is None else recorded_zoom
     model.preprocessing = dict(model.preprocessing, rectify=rectify.rectify_record(
-        detector, args.min_confidence, square))
-    args.rectifier = rectify.rectifier(detector, args.min_confidence, square)
+        detector, args.min_confidence, square, zoom))
+    args.rectifier = rectify.rectifier(detector, args.min_confidence, square, zoom)
 
 
 def rectified_count(loaded):
@@ -414,6 +419,13 @@ def rate(text):
   return value
 
 
+def zoom_margin(text):
+  value = float(text)
+  if not 0 <= value <= 1:
+    raise argparse.ArgumentTypeError(f'{text}: must lie between 0 and 1')
+  return value
+
+
 def parse_turns(text):
   """'--turns 180' / '90,180,270' -> [180] / [90, 180, 270]; '' -> []."""
   from inference.registry import TURNS
@@ -454,6 +466,10 @@ def build_parser():
                      '.jaxexport file; ONNX runs without JAX) (default: released/corners-v3)')
       s.add_argument('--min-confidence', type=rate, default=0.5,
                      help='below this detector confidence the whole photo is embedded')
+      s.add_argument('--detector-zoom', type=zoom_margin, default=None,
+                     help='the detector looks again at the crop around its first quad, grown '
+                          'by this share on each side; 0: one pass (default: as the registry '
+                          'was built; else 0.15)')
     return s
 
   s = command('embed', cmd_embed, 'Embed the images of DIR/labels.csv into an .npy, csv order.')

@@ -16,6 +16,7 @@ import numpy as np
 from errors import CorruptFileError, InputError
 import file_io
 from input_pipeline.image_io import stretch_to_square
+from inference import quads
 from inference import released
 
 DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -23,6 +24,34 @@ DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 EXPORT_STEM = 'detector'  # export_dir/detector.{jaxexport,onnx,json}, beside embedder.*
 EXPORT_KIND = 'corner_detector'
 OUTPUTS = ('corners', 'presence')  # [B, 4, 2] in [0, 1] (peak soft-argmax), [B] logit
+# The second, zoomed pass (CornerDetectorModel.detect): the first pass's quad, its bounding box
+# grown by this share of its size on each side (clipped to the photo), detected again. At 192 px
+# a card that covers a fifth of a phone frame is ~80 px wide; cropped, it fills the detector's
+# input and its corners land ~2x finer. Chosen on rendered held-out photos, not on real ones
+# (benchmarks/corners_zoom.py).
+DEFAULT_ZOOM = 0.15
+# Crops are kept within the frame shapes the detector was trained on (configs/corners.py
+# frame_aspects, 9:16 to 16:9), by growing the shorter side.
+ZOOM_ASPECTS = (9 / 16, 16 / 9)
+ZOOM_MIN_CONFIDENCE = 0.5  # below this the first pass found no document: nothing to zoom on
+
+
+def zoom_box(quad, width, height, margin):
+  """(x0, y0, x1, y1) integer pixels of the crop for the zoomed pass: the quad's bounding box
+  grown by `margin` of its size on each side, its aspect within ZOOM_ASPECTS, clipped to the
+  photo; None when that leaves too little to look at (under 16 px a side)."""
+  q = np.asarray(quad, np.float64)
+  lo, hi = q.min(0), q.max(0)
+  centre, size = (lo + hi) / 2, (hi - lo) * (1 + 2 * margin)
+  bw, bh = max(size[0], 1.0), max(size[1], 1.0)
+  bh = max(bh, bw * ZOOM_ASPECTS[0])
+  bw = max(bw, bh / ZOOM_ASPECTS[1])
+  x0, x1 = max(centre[0] - bw / 2, 0.0), min(centre[0] + bw / 2, float(width))
+  y0, y1 = max(centre[1] - bh / 2, 0.0), min(centre[1] + bh / 2, float(height))
+  box = [int(round(v)) for v in (x0, y0, x1, y1)]
+  if box[2] - box[0] < 16 or box[3] - box[1] < 16:
+    return None
+  return box
 
 
 @dataclasses.dataclass
@@ -44,11 +73,34 @@ class CornerDetectorModel:
     corners, presence = self.detect_logits(squares)
     return corners, 1.0 / (1.0 + np.exp(-presence))
 
-  def detect(self, rgb):
-    """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float}."""
+  def detect_once(self, rgb):
+    """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float}: one pass over
+    the whole photo stretched to the detector's square."""
     corners, confidence = self.detect_batch(stretch_to_square(rgb, self.image_size)[None])
     h, w = rgb.shape[:2]
     return {'quad': corners[0] * np.array([w, h], np.float64), 'confidence': float(confidence[0])}
+
+  def detect(self, rgb, zoom=DEFAULT_ZOOM):
+    """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float, 'zoomed': bool}.
+
+    The whole photo first; then, when a document was found and zoom > 0, again on the crop
+    around its quad (zoom_box), whose corners replace the first ones. The confidence is the
+    first pass's: whether the photo shows a document at all (the crop nearly always does). A
+    zoomed quad that cannot be a document's outline (quads.quad_problem) where the first one
+    could is dropped for the first one."""
+    found = dict(self.detect_once(rgb), zoomed=False)
+    if not zoom or found['confidence'] < ZOOM_MIN_CONFIDENCE:
+      return found
+    box = zoom_box(found['quad'], rgb.shape[1], rgb.shape[0], zoom)
+    if box is None:
+      return found
+    x0, y0, x1, y1 = box
+    close = self.detect_once(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    quad = close['quad'] + np.array([x0, y0], np.float64)
+    h, w = rgb.shape[:2]
+    if quads.quad_problem(quad, w, h) and not quads.quad_problem(found['quad'], w, h):
+      return found
+    return dict(found, quad=quad, zoomed=True)
 
   def metadata(self):
     """What an export writes beside its artefact (detector.json): the same fingerprint, so a

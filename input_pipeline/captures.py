@@ -186,13 +186,14 @@ def _photo_light(x, seed, k):
 
 
 def capture(page, box, seed, out_size, strength=1.0, other=None, other_box=None, corners=None,
-            paper_prob=0.25, clutter=0):
+            paper_prob=0.25, clutter=0, mode=None):
   """page: uint8 [S, S, 3] (a rendered copy in its square canvas); box: [4] float (x0, y0, x1, y1);
   seed: int [2]; other / other_box: another page for the background (or None).
   corners: None, or the page's corners [4, 2] in output px, chosen by the caller (the corner
   detector's photo geometry, input_pipeline/corner_data.py): the capture is then a photo.
   paper_prob: share of photo backgrounds with another paper beneath; clutter: up to that many
-  things lying on the desk (_clutter).
+  things lying on the desk (_clutter). mode: with `corners`, 0 (clean), 1 (scan) or 2 (photo,
+  the default) for the effects applied around them.
   Returns (uint8 [out_size, out_size, 3], corners float32 [4, 2] in output px)."""
   k = float(strength)
   seed = tf.cast(seed, tf.int64)
@@ -202,7 +203,8 @@ def capture(page, box, seed, out_size, strength=1.0, other=None, other_box=None,
   if corners is None:
     corners = _page_corners(seed, box, out_size, mode, k)
   else:
-    mode, corners = tf.constant(2), tf.cast(corners, tf.float32)
+    mode = tf.constant(2) if mode is None else tf.cast(mode, tf.int32)
+    corners = tf.cast(corners, tf.float32)
   doc, mask = _place(page, box, corners, out_size)
   if other is None:
     other, other_box = page, box

@@ -5,7 +5,9 @@ Each example is a phone photo made by input_pipeline/captures.py from a banked r
 here and handed to the capture: portrait and landscape frames (3:4, 9:16, 1:1, ...) stretched to
 the square as inference stretches them, the page from small to filling the frame, tilted,
 in perspective, sometimes cut by the frame edge, on desks, keyboards, fabric or another paper,
-with a thumb, shadows, glare, blur, noise and JPEG. A share are negatives: the same scenes with
+with a thumb, shadows, glare, blur, noise and JPEG. A share (`full_page_share`) fill the frame edge
+to edge as PDFs, scans and registered templates do: clean, scanned or photographed, the corners at
+or just inside (or just past) the frame's. A share are negatives: the same scenes with
 no page in view (presence 0, corners ignored by the loss).
 
 Example `index` is a pure function of (seed, index), so a resumed run sees the same stream.
@@ -58,6 +60,23 @@ def photo_corners(seed, box, geo):
   return (rel + centre) / tf.stack([1.0, a]), a
 
 
+def full_page_corners(seed, box, geo):
+  """(corners [4, 2] in [0, 1], frame aspect h / w, capture mode) of a page that fills the frame:
+  a clean render (the corners are the frame's), a scan, or a close photo (each corner moved by up
+  to geo.full_page_inset inwards, a third of that outwards, and a small skew)."""
+  box = tf.cast(box, tf.float32)
+  page_aspect = (box[3] - box[1]) / (box[2] - box[0])
+  mode = tf.cast(tf.floor(_u(seed, 100, (), 0.0, 3.0)), tf.int32)  # clean, scan, photo alike
+  inset = _u(seed, 101, (4, 2), -geo.full_page_inset / 3, geo.full_page_inset)
+  inset *= tf.constant([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+  skew = _u(seed, 102, (), -0.03, 0.03)
+  unit = tf.constant([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+  moved = unit + inset
+  moved = tf.stack([moved[:, 0] + skew * (moved[:, 1] - 0.5),
+                    moved[:, 1] - skew * (moved[:, 0] - 0.5)], 1)
+  return tf.where(mode == 0, unit, moved), page_aspect, mode
+
+
 class CornerCaptures:
   """A bank of rendered pages and the deterministic stream of detector training examples."""
 
@@ -82,14 +101,20 @@ class CornerCaptures:
     copy = tf.random.stateless_uniform((), s[1], 0, self.copies, dtype=tf.int32)
     other = tf.random.stateless_uniform((), s[2], 0, n, dtype=tf.int32)
     box = self._boxes[label, copy]
-    corners, aspect = photo_corners(s[3], box, self.cfg.geometry)
+    geo = self.cfg.geometry
+    corners, aspect = photo_corners(s[3], box, geo)
+    full_corners, full_aspect, full_mode = full_page_corners(s[3], box, geo)
+    full = _u(s[3], 103) < geo.get('full_page_share', 0.0)
+    corners = tf.where(full, full_corners, corners)
+    aspect = tf.where(full, full_aspect, aspect)
     present = _u(s[4], 0) >= self.cfg.negative_share
     # A negative: the page placed far outside the frame, and no other paper beneath.
     placed = tf.where(present, corners, corners + 4.0)
     image, _ = captures.capture(
         self._images[label, copy], box, s[4], self.image_size, self.strength,
         self._images[other, 0], self._boxes[other, 0], corners=placed * self.image_size,
-        paper_prob=tf.where(present, self.cfg.other_paper_share, 0.0), clutter=self.cfg.clutter)
+        paper_prob=tf.where(present, self.cfg.other_paper_share, 0.0), clutter=self.cfg.clutter,
+        mode=tf.where(full & present, full_mode, 2))
     return {'image': image, 'corners': tf.clip_by_value(corners, 0.0, 1.0),
             'present': tf.cast(present, tf.float32), 'aspect': aspect}
 

@@ -58,31 +58,39 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   from inference import cli  # pylint: disable=import-outside-toplevel
   from inference.images import default_preprocessing  # pylint: disable=import-outside-toplevel
   from inference.registry import Registry  # pylint: disable=import-outside-toplevel
+  from inference.detector import DEFAULT_ZOOM  # pylint: disable=import-outside-toplevel
   model = types.SimpleNamespace(preprocessing=default_preprocessing(32))
-  args = argparse.Namespace(rectify=True, detector=detector_dir, min_confidence=0.5)
+  ns = lambda **kw: argparse.Namespace(**dict(dict(detector=detector_dir, min_confidence=0.5,
+                                                   detector_zoom=None), **kw))
+  args = ns(rectify=True)
   cli.use_rectification(args, model)
   assert model.preprocessing['rectify']['min_confidence'] == 0.5 and args.rectifier
   assert model.preprocessing['rectify']['warp'] == 'direct'  # straight to the 32 px square
+  assert model.preprocessing['rectify']['zoom'] == DEFAULT_ZOOM  # the second, zoomed pass
+  assert model.preprocessing['rectify']['refine'] is False       # refine_quad after one pass only
+  one_pass = types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  cli.use_rectification(ns(rectify=True, detector_zoom=0.0), one_pass)
+  assert 'zoom' not in one_pass.preprocessing['rectify']
+  assert one_pass.preprocessing['rectify']['refine'] is True
   rectified = str(tmp_path / 'rectified.npz')
   Registry('f', 4, model.preprocessing).save(rectified)
   with pytest.raises(InputError, match='mixing'):
-    cli.use_rectification(argparse.Namespace(rectify=False, detector=detector_dir,
-                                             min_confidence=0.5),
+    cli.use_rectification(ns(rectify=False),
                           types.SimpleNamespace(preprocessing=default_preprocessing(32)), rectified)
-  follows = argparse.Namespace(rectify=None, detector=detector_dir, min_confidence=0.5)
-  cli.use_rectification(follows, types.SimpleNamespace(preprocessing=default_preprocessing(32)),
-                        rectified)
+  follows, follower = ns(rectify=None), types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  cli.use_rectification(follows, follower, rectified)
   assert follows.rectifier is not None
   image, info = follows.rectifier(np.full((40, 30, 3), 128, np.uint8))
   assert image.ndim == 3 and set(info) >= {'rectified', 'quad', 'confidence'}
-  # A registry rectified before the direct warp (no 'warp' in its record) keeps its own warp,
-  # so its entries and new queries stay comparable.
+  assert follower.preprocessing == Registry.load(rectified).preprocessing  # zoom included
+  # A registry rectified before the direct warp and the zoomed pass (no 'warp', no 'zoom' in its
+  # record) keeps its own warp and one pass, so its entries and new queries stay comparable.
   older = str(tmp_path / 'older.npz')
-  record = {k: v for k, v in model.preprocessing['rectify'].items() if k != 'warp'}
+  record = {k: v for k, v in model.preprocessing['rectify'].items() if k not in ('warp', 'zoom')}
+  record['refine'] = True  # as rectify_record wrote it then
   Registry('f', 4, dict(model.preprocessing, rectify=record)).save(older)
   follows_old = types.SimpleNamespace(preprocessing=default_preprocessing(32))
-  cli.use_rectification(argparse.Namespace(rectify=None, detector=detector_dir,
-                                           min_confidence=0.5), follows_old, older)
+  cli.use_rectification(ns(rectify=None), follows_old, older)
   assert follows_old.preprocessing == Registry.load(older).preprocessing
 
 
@@ -102,6 +110,78 @@ def test_fine_tuning_from_a_release_of_another_architecture_is_one_line(exported
   c.corners.init_from = os.path.dirname(exported_detector[0].source)  # no model.json there
   with pytest.raises(InputError, match='not a detector release'):
     train_corners.init_from_release(c, None)
+
+
+def _bright_box_detector(grid):
+  """A classical stand-in for the network with a known answer: the corners of the bounding box
+  of the bright pixels of each square, rounded to a `grid`-cell lattice as a coarse detector's
+  heatmap would round them; present when anything is bright."""
+  from inference import detector  # pylint: disable=import-outside-toplevel
+
+  def batch_fn(squares):
+    corners, presence = [], []
+    for sq in squares:
+      ys, xs = np.nonzero(sq.mean(-1) > 128)
+      size = sq.shape[0]
+      if not len(xs):
+        corners.append(np.zeros((4, 2))), presence.append(-5.0)
+        continue
+      x0, x1 = xs.min() / size, (xs.max() + 1) / size
+      y0, y1 = ys.min() / size, (ys.max() + 1) / size
+      box = np.round(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) * grid) / grid
+      corners.append(box), presence.append(5.0)
+    return np.array(corners, np.float32), np.array(presence, np.float32)
+  return detector.CornerDetectorModel(batch_fn, 64, 'bright-box', {}, None)
+
+
+def test_zoomed_pass_refines_the_quad_in_the_photos_pixels():
+  from inference import detector  # pylint: disable=import-outside-toplevel
+  det = _bright_box_detector(grid=16)
+  photo = np.zeros((480, 640, 3), np.uint8)
+  photo[113:207, 301:419] = 255  # a card covering a small part of the frame
+  truth = np.array([[301, 113], [419, 113], [419, 207], [301, 207]], np.float64)
+  once = det.detect(photo, zoom=0.0)
+  zoomed = det.detect(photo, zoom=0.25)
+  assert not once['zoomed'] and zoomed['zoomed']
+  assert zoomed['confidence'] == once['confidence']
+  err = lambda q: np.abs(q - truth).max()
+  # One pass rounds to 640/16 = 40 px steps; on the crop (~180 px), to ~11 px steps.
+  assert err(once['quad']) > 12 and err(zoomed['quad']) < 6, (once['quad'], zoomed['quad'])
+  # Nothing found: no second pass.
+  assert not det.detect(np.zeros((60, 80, 3), np.uint8), zoom=0.1)['zoomed']
+
+
+def test_zoom_box_grows_keeps_trained_aspects_and_stays_in_the_photo():
+  from inference.detector import zoom_box  # pylint: disable=import-outside-toplevel
+  square = np.array([[100, 100], [200, 100], [200, 200], [100, 200]], np.float64)
+  assert zoom_box(square, 1000, 1000, 0.1) == [90, 90, 210, 210]
+  receipt = np.array([[100, 100], [140, 100], [140, 500], [100, 500]], np.float64)  # 1:10
+  x0, y0, x1, y1 = zoom_box(receipt, 1000, 1000, 0.0)
+  assert (y1 - y0) / (x1 - x0) == pytest.approx(16 / 9, rel=0.01)
+  x0, y0, x1, y1 = zoom_box(square - 90, 1000, 1000, 0.5)  # reaches past the top-left
+  assert (x0, y0) == (0, 0) and (x1, y1) == (160, 160)
+  assert zoom_box(np.array([[5, 5], [8, 5], [8, 8], [5, 8]], np.float64), 1000, 1000, 0.1) is None
+
+
+def test_full_page_corners_fill_the_frame():
+  """input_pipeline/corner_data.py: edge-to-edge pages (PDFs, scans, registered templates):
+  clean ones exactly at the frame's corners, scans and close photos within the inset."""
+  from input_pipeline import corner_data  # pylint: disable=import-outside-toplevel
+  geo = corners_config.get_config().corners.data.geometry
+  unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+  modes = []
+  for i in range(40):
+    corners, aspect, mode = corner_data.full_page_corners(
+        tf.constant([5, i], tf.int64), tf.constant([10.0, 20.0, 110.0, 160.0]), geo)
+    corners, mode = corners.numpy(), int(mode)
+    modes.append(mode)
+    assert float(aspect) == pytest.approx(1.4)
+    if mode == 0:
+      np.testing.assert_array_equal(corners, unit)
+    else:
+      assert np.abs(corners - unit).max() <= geo.full_page_inset + 0.02  # inset + skew
+      assert np.abs(corners - unit).max() > 0
+  assert set(modes) == {0, 1, 2}
 
 
 def test_capture_places_the_page_at_the_given_corners():
