@@ -11,8 +11,10 @@
 --checkpoint takes a training workdir, an export folder, a .jaxexport / .onnx file, or a released
 model folder; without it the released model (released/docembed-v4, README) is used.
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
-along its detected document corners (released/corners-v3) before it is embedded; a registry
-records it and refuses the other kind.
+along its detected document corners (released/corners-v3: the whole photo, then a second look
+at the crop around the first quad, --detector-zoom) before it is embedded; a registry records it
+and refuses the other kind. Templates that are flat pages already (scans, PDF renders) go into a
+rectified registry whole with `register --rectify --flat`.
 --turns 180 (or 90,180,270) on register: each image is also entered turned by those degrees, so
 captures fed upside down (or sideways) meet their type; answers say which turn matched.
 Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
@@ -159,8 +161,15 @@ def cmd_register(args):
   else:
     raise InputError('register: give --tree ROOT, or --label L and image files/folders/globs')
   from inference.registry import pixel_hash, turned_copies
+  transform = args.rectifier
+  if args.flat:
+    if not args.rectifier:
+      raise InputError('register --flat: only for a rectified registry (--rectify); without '
+                       'rectification every image is embedded whole anyway')
+    from inference.rectify import flat_page
+    transform = flat_page
   loaded = images_lib.load_images([p for _, p in items], model.preprocessing,
-                                  progress=progress_fn(args, 'load'), transform=args.rectifier)
+                                  progress=progress_fn(args, 'load'), transform=transform)
   pixels, sources, entry_turns = turned_copies(loaded.images, loaded.paths, turns)
   emb = model.embed(pixels, progress=progress_fn(args, 'embed'))
   n = len(loaded.paths)
@@ -322,9 +331,17 @@ def cmd_evaluate(args):
   model = load_model(args)
   use_rectification(args, model)
   rows = images_lib.read_labels_csv(args.data)
+  transform_for = None
+  if args.flat_register:
+    if not args.rectifier:
+      raise InputError('evaluate --flat-register: only with --rectify; without rectification '
+                       'every image is embedded whole anyway')
+    from inference.rectify import flat_page
+    registered = {r[0] for r in rows if r[2] == 'register'}
+    transform_for = lambda path: flat_page if path in registered else None
   loaded = images_lib.load_images([r[0] for r in rows], model.preprocessing,
                                   skip_unreadable=True, progress=progress_fn(args, 'load'),
-                                  transform=args.rectifier)
+                                  transform=args.rectifier, transform_for=transform_for)
   for _, why in loaded.skipped:
     print(f'skipped: {why}', file=sys.stderr)
   meta = {r[0]: r for r in rows}
@@ -485,6 +502,10 @@ def build_parser():
                  help='also enter each image turned by these degrees counter-clockwise: 180, or '
                       '90,180,270 (captures fed upside down or sideways); fixed per registry '
                       '(default: as the registry was built; none for a new one)')
+  s.add_argument('--flat', action='store_true',
+                 help='with --rectify: the images are flat pages already (scans, PDF renders, '
+                      'clean templates) and are embedded whole, as rectification would flatten '
+                      'them, so photos rectified later meet them')
 
   s = command('classify', cmd_classify, 'Name the type of each image, or say unknown.',
               registry=True)
@@ -522,6 +543,9 @@ def build_parser():
   s.add_argument('--degrade', action='store_true',
                  help='queries re-captured by the training capture ops at full strength')
   s.add_argument('--degrade-seed', type=int, default=0)
+  s.add_argument('--flat-register', action='store_true',
+                 help='with --rectify: the role=register images are flat pages (templates, '
+                      'scans) embedded whole, as `register --flat` does; queries are rectified')
   s.add_argument('--coverage', type=rate, default=0.8,
                  help='risk-coverage: the share of queries answered for error@coverage')
   s.add_argument('--risk-png', help='with an uncertainty head: risk-coverage curves PNG here')

@@ -78,10 +78,12 @@ class LoadedImages:
   infos: list = dataclasses.field(default_factory=list)  # per image, from `transform` (or None)
 
 
-def load_images(paths, preprocessing, *, skip_unreadable=False, progress=None, transform=None):
+def load_images(paths, preprocessing, *, skip_unreadable=False, progress=None, transform=None,
+                transform_for=None):
   """Loads many files. With skip_unreadable, bad files are counted in `skipped`, else raise.
   transform: None, or rgb -> (rgb, info) applied to each decoded photo before it is resized
-  (the rectifying warp of inference/rectify.py); the infos are kept in order."""
+  (the rectifying warp of inference/rectify.py); the infos are kept in order. transform_for:
+  None, or path -> the transform for that file (None: `transform`)."""
   size = preprocessing['image_size']
   images, kept, skipped, infos = [], [], [], []
   for path in (progress(paths) if progress else paths):
@@ -93,8 +95,9 @@ def load_images(paths, preprocessing, *, skip_unreadable=False, progress=None, t
       skipped.append((path, str(e)))
       continue
     info = None
-    if transform is not None:
-      rgb, info = transform(rgb)
+    this = (transform_for(path) if transform_for else None) or transform
+    if this is not None:
+      rgb, info = this(rgb)
     images.append(to_model_input(rgb, preprocessing))
     kept.append(path)
     infos.append(info)

@@ -236,3 +236,13 @@ def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None, zoom
       found = dict(found, quad=refine_quad(rgb, found['quad']))
     return rectify_or_whole(rgb, found, min_confidence, square)
   return transform
+
+
+def flat_page(rgb):
+  """The transform for an image that is already a flat page (a scan, a PDF render, a clean
+  template: `register --flat`, `evaluate --flat-register`): embedded whole, which is what
+  rectification would make of it with a perfect outline (the quad of the whole image)."""
+  h, w = rgb.shape[:2]
+  return rgb, {'rectified': False, 'flat': True,
+               'quad': [[0.0, 0.0], [float(w), 0.0], [float(w), float(h)], [0.0, float(h)]],
+               'confidence': None, 'reason': 'given as a flat page: embedded whole'}

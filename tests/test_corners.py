@@ -466,3 +466,40 @@ def test_refine_quad_reads_a_crop_with_the_whole_photos_values(size, monkeypatch
   for c, wq, r in zip(cropped, whole, roughs):
     assert np.array_equal(c, wq)
   assert any(not np.array_equal(c, r) for c, r in zip(cropped, roughs))  # it did move corners
+
+
+def test_flat_templates_enter_a_rectified_registry_whole(exported_detector, tmp_path, capsys):
+  """`register --rectify --flat`: clean templates (scans, PDF renders) are embedded whole into a
+  rectified registry, as a perfect outline would flatten them; without --rectify, one line."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from configs import default  # pylint: disable=import-outside-toplevel
+  from inference import cli, images, released  # pylint: disable=import-outside-toplevel
+  from inference.model import build_model  # pylint: disable=import-outside-toplevel
+  from inference.registry import Registry  # pylint: disable=import-outside-toplevel
+  m = default.get_config().model
+  m.width, m.squeeze_channels, m.embed_dim = 0.25, 8, 16
+  variables = build_model(m).init(jax.random.PRNGKey(0), np.zeros((1, 32, 32, 3), np.uint8),
+                                  train=False)
+  embedder = str(tmp_path / 'embedder')
+  released.save_release(embedder, m.to_dict(), random_stats(variables), 32, {})
+  page = str(tmp_path / 'page.png')
+  Image.fromarray(_checkerboard(60, 80)).save(page)
+  reg = str(tmp_path / 'reg.npz')
+  base = ['register', '--checkpoint', embedder, '--registry', reg, '--label', 'A', page,
+          '--no-progress', '--json']
+  assert cli.main(base + ['--flat']) == 1  # no --rectify: nothing to be flat for
+  assert '--flat' in capsys.readouterr().err and not os.path.exists(reg)
+  assert cli.main(base + ['--rectify', '--flat', '--detector', exported_detector[0].source]) == 0
+  capsys.readouterr()
+  registry = Registry.load(reg)
+  assert registry.preprocessing['rectify']['detector'] == exported_detector[0].fingerprint
+  model = released.load_release(embedder)
+  whole = model.embed(images.load_images([page], model.preprocessing).images)
+  np.testing.assert_allclose(registry.embeddings[0], whole[0], atol=1e-5)
+  # evaluate --flat-register: per file, the registered ones whole, the others rectified.
+  query = str(tmp_path / 'query.png')
+  Image.fromarray(_checkerboard(80, 60)).save(query)
+  loaded = images.load_images(
+      [page, query], model.preprocessing, transform=lambda rgb: (rgb, {'rectified': True}),
+      transform_for=lambda path: rectify.flat_page if path == page else None)
+  assert loaded.infos[0]['flat'] and loaded.infos[1] == {'rectified': True}
