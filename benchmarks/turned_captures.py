@@ -40,6 +40,9 @@ def main(argv=None):
   p.add_argument('--checkpoint', default=released.DEFAULT_DIR)
   p.add_argument('--rectify', action='store_true', help='detect and flatten each query photo')
   p.add_argument('--detector', default='')
+  p.add_argument('--detector_zoom', type=float, default=None,
+                 help="the detector's zoomed pass, as the CLI's --detector-zoom (default: "
+                      "inference/detector.py DEFAULT_ZOOM; 0: one pass + refine_quad)")
   p.add_argument('--query_turns', default='0,90,180,270')
   p.add_argument('--registry_turns', default=';180;90,180,270',
                  help="';'-separated registry settings, each a comma list ('' = upright only)")
@@ -50,8 +53,9 @@ def main(argv=None):
   if args.rectify:
     from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
     from inference import rectify  # pylint: disable=import-outside-toplevel
+    zoom = detector_lib.DEFAULT_ZOOM if args.detector_zoom is None else args.detector_zoom
     rectifier = rectify.rectifier(detector_lib.load_detector(args.detector),
-                                  square=rectify.model_square(model.preprocessing))
+                                  square=rectify.model_square(model.preprocessing), zoom=zoom)
   rows = images_lib.read_labels_csv(args.data)
   reg_items = [(label, path) for path, label, role in rows if role == 'register']
   query_items = [(label, path) for path, label, role in rows if role != 'register']

@@ -80,16 +80,16 @@ class CornerDetectorModel:
     h, w = rgb.shape[:2]
     return {'quad': corners[0] * np.array([w, h], np.float64), 'confidence': float(confidence[0])}
 
-  def detect(self, rgb, zoom=DEFAULT_ZOOM):
+  def detect(self, rgb, zoom=DEFAULT_ZOOM, min_confidence=ZOOM_MIN_CONFIDENCE):
     """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float, 'zoomed': bool}.
 
-    The whole photo first; then, when a document was found and zoom > 0, again on the crop
-    around its quad (zoom_box), whose corners replace the first ones. The confidence is the
-    first pass's: whether the photo shows a document at all (the crop nearly always does). A
-    zoomed quad that cannot be a document's outline (quads.quad_problem) where the first one
-    could is dropped for the first one."""
+    The whole photo first; then, when a document was found (confidence >= min_confidence) and
+    zoom > 0, again on the crop around its quad (zoom_box), whose corners replace the first
+    ones. The confidence is the first pass's: whether the photo shows a document at all (the
+    crop nearly always does). A zoomed quad that cannot be a document's outline
+    (quads.quad_problem) where the first one could is dropped for the first one."""
     found = dict(self.detect_once(rgb), zoomed=False)
-    if not zoom or found['confidence'] < ZOOM_MIN_CONFIDENCE:
+    if not zoom or found['confidence'] < min_confidence:
       return found
     box = zoom_box(found['quad'], rgb.shape[1], rgb.shape[0], zoom)
     if box is None:

@@ -16,6 +16,7 @@ from PIL import Image, ImageFilter
 
 from errors import InputError
 from inference import quads
+from inference.detector import DEFAULT_ZOOM
 
 MAX_SIDE = 1024  # px, longest side of a rectified image (the embedder sees 224 or less)
 
@@ -206,7 +207,8 @@ def model_square(preprocessing):
   return None
 
 
-def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None, zoom=0.0):
+def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
+                   zoom=DEFAULT_ZOOM):
   """What a registry and an embedding record about rectification (in the preprocessing dict, so
   that rectified and whole-photo embeddings are never compared: inference/registry.py refuses a
   model whose preprocessing differs from the registry's). 'warp': 'direct' says the page was
@@ -222,7 +224,8 @@ def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
   return dict(record, warp='direct') if square else record
 
 
-def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None, zoom=0.0):
+def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
+              zoom=DEFAULT_ZOOM):
   """rgb -> (image to embed, info): detect (with the zoomed second pass when zoom > 0), warp
   (to [square, square] when given, see rectify); the whole photo, and the reason, when the
   detector is unsure or its quad degenerate. With one pass (zoom 0) the quad is first snapped
@@ -231,7 +234,7 @@ def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None, zoom
   (benchmarks/corners_zoom.py --refine, benchmarks/corners_midv.py), and it takes ~8 ms.
   For inference.images.load_images(transform=...)."""
   def transform(rgb):
-    found = detector.detect(rgb, zoom=zoom)
+    found = detector.detect(rgb, zoom=zoom, min_confidence=min_confidence)
     if not zoom and found['confidence'] >= min_confidence:
       found = dict(found, quad=refine_quad(rgb, found['quad']))
     return rectify_or_whole(rgb, found, min_confidence, square)
