@@ -5,10 +5,11 @@ Each example is a phone photo made by input_pipeline/captures.py from a banked r
 here and handed to the capture: portrait and landscape frames (3:4, 9:16, 1:1, ...) stretched to
 the square as inference stretches them, the page from small to filling the frame, tilted,
 in perspective, sometimes cut by the frame edge, on desks, keyboards, fabric or another paper,
-with a thumb, shadows, glare, blur, noise and JPEG. A share (`full_page_share`) fill the frame edge
-to edge as PDFs, scans and registered templates do: clean, scanned or photographed, the corners at
-or just inside (or just past) the frame's. A share are negatives: the same scenes with
-no page in view (presence 0, corners ignored by the loss).
+with a thumb, shadows, glare, blur, noise and JPEG. A share (`full_page_share`; 0 by default,
+configs/corners.py says why) fill the frame edge to edge as PDFs, scans and registered templates
+do: clean, scanned or photographed, the corners at or just inside (or just past) the frame's. A
+share are negatives: the same scenes with no page in view (presence 0, corners ignored by the
+loss).
 
 Example `index` is a pure function of (seed, index), so a resumed run sees the same stream.
 Corners are [4, 2] (x, y) in [0, 1] of the square image, clockwise from the page's top-left;
