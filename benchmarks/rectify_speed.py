@@ -19,10 +19,10 @@ photo and ends with its embedding:
 - `warp`: rectify, the Pillow perspective warp straight to the embedder's square (as the CLI does
   for a 'stretch' embedder); `warp_page`: the warp to the page's own size + the stretch (before);
 - `detect+warp+embed`: the issue's target (< 20 ms on one core), one detector pass;
-- `detect+zoom+warp+embed`: the same with the zoomed second pass;
-- `detect+refine+warp+embed`: what `--rectify --detector-zoom 0` does (inference/rectify.py
-  `rectifier`: one pass, snapped to the edges);
-- `detect+zoom+warp+embed` is what `--rectify` does by default (no refine after the zoom).
+- `detect+zoom+warp+embed`: the same with the zoomed second pass: what `--rectify` does by
+  default (inference/rectify.py `rectifier`; no refine after the zoom);
+- `detect+refine+warp+embed`: what `--rectify --detector-zoom 0` does (one pass, snapped to the
+  edges).
 Photos: the first `--photos` frames of `--data` (MIDV, quads.csv order), cycled, so every case
 sees the same photo in each round; without the data, drawn pages (inference/export.py
 detector_check_photos) at 1024 px. Timed round-robin (benchmarks/timing.py), medians of

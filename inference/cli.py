@@ -127,6 +127,16 @@ def use_rectification(args, model, registry=None):
     args.rectifier = rectify.rectifier(detector, args.min_confidence, square, zoom)
 
 
+def flat_page_transform(args, option):
+  """inference/rectify.py flat_page, for images given as flat pages into rectified embeddings;
+  without rectification the option means nothing, and saying so is one line."""
+  if not args.rectifier:
+    raise InputError(f'{option}: only with --rectify (a rectified registry); without '
+                     'rectification every image is embedded whole anyway')
+  from inference.rectify import flat_page
+  return flat_page
+
+
 def rectified_count(loaded):
   return sum(1 for info in loaded.infos if info and info['rectified'])
 
@@ -161,13 +171,7 @@ def cmd_register(args):
   else:
     raise InputError('register: give --tree ROOT, or --label L and image files/folders/globs')
   from inference.registry import pixel_hash, turned_copies
-  transform = args.rectifier
-  if args.flat:
-    if not args.rectifier:
-      raise InputError('register --flat: only for a rectified registry (--rectify); without '
-                       'rectification every image is embedded whole anyway')
-    from inference.rectify import flat_page
-    transform = flat_page
+  transform = flat_page_transform(args, 'register --flat') if args.flat else args.rectifier
   loaded = images_lib.load_images([p for _, p in items], model.preprocessing,
                                   progress=progress_fn(args, 'load'), transform=transform)
   pixels, sources, entry_turns = turned_copies(loaded.images, loaded.paths, turns)
@@ -333,10 +337,7 @@ def cmd_evaluate(args):
   rows = images_lib.read_labels_csv(args.data)
   transform_for = None
   if args.flat_register:
-    if not args.rectifier:
-      raise InputError('evaluate --flat-register: only with --rectify; without rectification '
-                       'every image is embedded whole anyway')
-    from inference.rectify import flat_page
+    flat_page = flat_page_transform(args, 'evaluate --flat-register')
     registered = {r[0] for r in rows if r[2] == 'register'}
     transform_for = lambda path: flat_page if path in registered else None
   loaded = images_lib.load_images([r[0] for r in rows], model.preprocessing,

@@ -91,13 +91,13 @@ class CornerDetectorModel:
     found = dict(self.detect_once(rgb), zoomed=False)
     if not zoom or found['confidence'] < min_confidence:
       return found
-    box = zoom_box(found['quad'], rgb.shape[1], rgb.shape[0], zoom)
+    h, w = rgb.shape[:2]
+    box = zoom_box(found['quad'], w, h, zoom)
     if box is None:
       return found
     x0, y0, x1, y1 = box
     close = self.detect_once(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
     quad = close['quad'] + np.array([x0, y0], np.float64)
-    h, w = rgb.shape[:2]
     if quads.quad_problem(quad, w, h) and not quads.quad_problem(found['quad'], w, h):
       return found
     return dict(found, quad=quad, zoomed=True)

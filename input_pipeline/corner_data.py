@@ -104,10 +104,12 @@ class CornerCaptures:
     box = self._boxes[label, copy]
     geo = self.cfg.geometry
     corners, aspect = photo_corners(s[3], box, geo)
-    full_corners, full_aspect, full_mode = full_page_corners(s[3], box, geo)
-    full = _u(s[3], 103) < geo.get('full_page_share', 0.0)
-    corners = tf.where(full, full_corners, corners)
-    aspect = tf.where(full, full_aspect, aspect)
+    full, full_mode = tf.constant(False), 2
+    if geo.get('full_page_share', 0.0) > 0:  # a config choice: off, the graph is as before
+      full_corners, full_aspect, full_mode = full_page_corners(s[3], box, geo)
+      full = _u(s[3], 103) < geo.full_page_share
+      corners = tf.where(full, full_corners, corners)
+      aspect = tf.where(full, full_aspect, aspect)
     present = _u(s[4], 0) >= self.cfg.negative_share
     # A negative: the page placed far outside the frame, and no other paper beneath.
     placed = tf.where(present, corners, corners + 4.0)
