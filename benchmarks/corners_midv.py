@@ -12,6 +12,8 @@ whether the quad IoU is >= 0.9 (inference/quads.py), for
 - `detector+zoom`, `detector+zoom+refine`: the detector's second pass on the crop around its
   first quad grown by --zoom on each side (inference/detector.py `detect(rgb, zoom)`; what the
   CLI's --rectify does, refined), then as above;
+- every detector method chooses the corners with the page-shape prior of weight --shape_prior
+  (inference/corner_peaks.py; the CLI's default; 0: each heatmap's highest peak);
 - `opencv`: the classical baseline, benchmark-only: the largest convex four-sided contour after
   Canny edges (`largest_quad_contour`), its corners ordered clockwise from the top-left-most one.
 Classification (`--classify`): the released embedder (or `--embedder`) on the registered clean
@@ -114,6 +116,10 @@ def main(argv=None):
   p.add_argument('--min_confidence', type=float, default=0.5)
   p.add_argument('--zoom', type=float, default=None,
                  help='margin of the zoomed pass (default: inference/detector.py DEFAULT_ZOOM)')
+  p.add_argument('--shape_prior', type=float, default=None,
+                 help="weight of the page-shape prior on the corners, every detector method "
+                      "(default: inference/detector.py DEFAULT_SHAPE_PRIOR; 0: each heatmap's "
+                      "highest peak, as before it)")
   p.add_argument('--warp', default='direct', choices=('direct', 'page'),
                  help="rectified frames warped straight to the embedder's square (as the CLI "
                       "does) or to the page's own size and then resized (before)")
@@ -127,28 +133,31 @@ def main(argv=None):
     from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
     det = detector_lib.load_detector(args.detector or None)
     zoom = detector_lib.DEFAULT_ZOOM if args.zoom is None else args.zoom
+    prior = detector_lib.DEFAULT_SHAPE_PRIOR if args.shape_prior is None else args.shape_prior
     det.detect(rgbs[0])  # compile outside the timing
     start = time.perf_counter()
-    detections = [det.detect(rgb, zoom=0.0) for rgb in rgbs]
+    detections = [det.detect(rgb, zoom=0.0, shape_prior=prior) for rgb in rgbs]
     predicted['detector'] = ([d['quad'] for d in detections], time.perf_counter() - start)
     emit(dict(score('detector', predicted['detector'][0], frames, predicted['detector'][1]),
-              detector=det.source, min_confidence_seen=round(min(d['confidence'] for d in detections), 4)))
+              detector=det.source, shape_prior=prior,
+              min_confidence_seen=round(min(d['confidence'] for d in detections), 4)))
     start = time.perf_counter()
     predicted['refined'] = ([rectify.refine_quad(rgb, q) for rgb, q in
                              zip(rgbs, predicted['detector'][0])], time.perf_counter() - start)
     emit(dict(score('detector+refine', predicted['refined'][0], frames,
-                    predicted['detector'][1] + predicted['refined'][1]), detector=det.source))
+                    predicted['detector'][1] + predicted['refined'][1]), detector=det.source,
+              shape_prior=prior))
     start = time.perf_counter()
-    predicted['zoomed'] = ([det.detect(rgb, zoom=zoom)['quad'] for rgb in rgbs],
+    predicted['zoomed'] = ([det.detect(rgb, zoom=zoom, shape_prior=prior)['quad'] for rgb in rgbs],
                            time.perf_counter() - start)
     emit(dict(score('detector+zoom', predicted['zoomed'][0], frames, predicted['zoomed'][1]),
-              detector=det.source, zoom=zoom))
+              detector=det.source, zoom=zoom, shape_prior=prior))
     start = time.perf_counter()
     predicted['zoomed_refined'] = ([rectify.refine_quad(rgb, q) for rgb, q in
                                     zip(rgbs, predicted['zoomed'][0])], time.perf_counter() - start)
     emit(dict(score('detector+zoom+refine', predicted['zoomed_refined'][0], frames,
                     predicted['zoomed'][1] + predicted['zoomed_refined'][1]), detector=det.source,
-              zoom=zoom))
+              zoom=zoom, shape_prior=prior))
   if 'opencv' in methods or 'opencv' in wanted:
     start = time.perf_counter()
     found = [largest_quad_contour(rgb) for rgb in rgbs]

@@ -1,16 +1,19 @@
-r"""The detector's zoomed second pass on rendered held-out photos (issue 15): picks its margin
-without looking at real photos.
+r"""The detector's zoomed second pass and its shape prior on rendered held-out photos (issue 15):
+picks the zoom margin and the prior's weight without looking at real photos.
 
     python benchmarks/corners_zoom.py --detector=released/corners-v3 --zooms=0,0.05,0.1,0.15,0.2,0.3
+    python benchmarks/corners_zoom.py --zooms=0.15 --shape_priors=0,1,2,4,8,16
 
 Photos of templates never trained on (input_pipeline/corner_data.py held-out ids and seeds, the
 training geometry) are made at --size px (several times the detector's input, as phone frames
 are), unstretched to their frame's aspect, and detected as inference detects them
 (inference/detector.py `detect(rgb, zoom)`: the whole photo, then the crop around the first quad
-grown by `zoom` on each side), then, per --refine search range, snapped to the edges
-(inference/rectify.py `refine_quad`; 0: not refined). Per zoom and refine: mean and median corner error in % of the page diagonal,
-the share of quad IoU >= 0.9, and the mean IoU, over the photos that show a page. One JSON line
-per zoom and refine.
+grown by `zoom` on each side; each corner chosen among its heatmap's peaks with the page-shape
+prior of weight `shape_prior`, inference/corner_peaks.py, 0: each map's highest peak), then, per
+--refine search range, snapped to the edges (inference/rectify.py `refine_quad`; 0: not
+refined). Per shape prior, zoom and refine: mean and median corner error in % of the page
+diagonal, the share of quad IoU >= 0.9, and the mean IoU, over the photos that show a page. One
+JSON line each.
 """
 import argparse
 import os
@@ -48,6 +51,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   p.add_argument('--detector', default='', help='detector release, export or workdir (default: the release)')
   p.add_argument('--zooms', default='0,0.05,0.1,0.15,0.2,0.3')
+  p.add_argument('--shape_priors', default='0', help='weights of the page-shape prior; 0: none')
   p.add_argument('--refine', default='0', help='refine_quad search ranges; 0: no refine')
   p.add_argument('--size', type=int, default=768, help='photo width, px')
   p.add_argument('--count', type=int, default=200, help='photos made (negatives are dropped)')
@@ -57,14 +61,15 @@ def main(argv=None):
   from inference import detector as detector_lib  # pylint: disable=import-outside-toplevel
   det = detector_lib.load_detector(args.detector or None)
   photos = heldout_photos(args.size, args.count, args.template_size, args.templates)
-  for zoom in [float(z) for z in args.zooms.split(',')]:
-    detected = [det.detect(photo, zoom=zoom)['quad'] for photo, _ in photos]
+  for prior, zoom in [(float(s), float(z)) for s in args.shape_priors.split(',')
+                      for z in args.zooms.split(',')]:
+    detected = [det.detect(photo, zoom=zoom, shape_prior=prior)['quad'] for photo, _ in photos]
     for search in [float(r) for r in args.refine.split(',')]:
       found = [rectify.refine_quad(photo, q, search=search) if search else q
                for q, (photo, _) in zip(detected, photos)]
       errors = [quads.corner_error_pct(f, t) for f, (_, t) in zip(found, photos)]
       ious = np.array([quads.quad_iou(f, t) for f, (_, t) in zip(found, photos)])
-      emit({'zoom': zoom, 'refine_search': search, 'photos': len(photos), 'detector': det.source,
+      emit({'shape_prior': prior, 'zoom': zoom, 'refine_search': search, 'photos': len(photos), 'detector': det.source,
             'mean_corner_err_pct_of_diagonal': round(float(np.mean(errors)), 3),
             'median_corner_err_pct_of_diagonal': round(float(np.median(errors)), 3),
             'share_iou_ge_0.9': round(float(np.mean(ious >= 0.9)), 4),

@@ -12,8 +12,9 @@
 model folder; without it the released model (released/docembed-v4, README) is used.
 --rectify (embed, register, classify, calibrate, evaluate; issue 15): each photo is flattened
 along its detected document corners (released/corners-v3: the whole photo, then a second look
-at the crop around the first quad, --detector-zoom) before it is embedded; a registry records it
-and refuses the other kind. Templates that are flat pages already (scans, PDF renders) go into a
+at the crop around the first quad, --detector-zoom; the four corners chosen together among their
+heatmaps' peaks so they outline a page, --detector-shape-prior) before it is embedded; a registry
+records it and refuses the other kind. Templates that are flat pages already (scans, PDF renders) go into a
 rectified registry whole with `register --rectify --flat`.
 --turns 180 (or 90,180,270) on register: each image is also entered turned by those degrees, so
 captures fed upside down (or sideways) meet their type; answers say which turn matched.
@@ -98,7 +99,7 @@ def use_rectification(args, model, registry=None):
   before embedding (inference/rectify.py): --rectify / --no-rectify, else what `registry` was
   built with, else not. The choice goes into model.preprocessing, which a registry records and
   checks, so rectified and whole-photo embeddings are never mixed."""
-  recorded, recorded_warp, recorded_zoom = None, None, None
+  recorded, recorded_warp, recorded_zoom, recorded_prior = None, None, None, None
   if registry and file_io.exists(registry):
     from inference.registry import Registry
     preprocessing = Registry.load(registry).preprocessing
@@ -107,6 +108,8 @@ def use_rectification(args, model, registry=None):
     recorded_warp = preprocessing['rectify'].get('warp', 'page') if recorded else None
     # Likewise the zoomed second pass: none recorded, none used (unless --detector-zoom says).
     recorded_zoom = preprocessing['rectify'].get('zoom', 0.0) if recorded else None
+    # And the shape prior on the corners (inference/corner_peaks.py).
+    recorded_prior = preprocessing['rectify'].get('shape_prior', 0.0) if recorded else None
   wanted = bool(recorded) if args.rectify is None else args.rectify
   if recorded is not None and wanted != recorded:
     kind = lambda rectified: 'rectified' if rectified else 'whole-photo'
@@ -122,9 +125,12 @@ def use_rectification(args, model, registry=None):
     zoom = args.detector_zoom
     if zoom is None:
       zoom = detector_lib.DEFAULT_ZOOM if recorded_zoom is None else recorded_zoom
+    prior = args.detector_shape_prior
+    if prior is None:
+      prior = detector_lib.DEFAULT_SHAPE_PRIOR if recorded_prior is None else recorded_prior
     model.preprocessing = dict(model.preprocessing, rectify=rectify.rectify_record(
-        detector, args.min_confidence, square, zoom))
-    args.rectifier = rectify.rectifier(detector, args.min_confidence, square, zoom)
+        detector, args.min_confidence, square, zoom, prior))
+    args.rectifier = rectify.rectifier(detector, args.min_confidence, square, zoom, prior)
 
 
 def flat_page_transform(args, option):
@@ -410,7 +416,8 @@ def export_detector(args, formats, check_paths):
                       for p in check_paths])
   results = export(detector, args.out, formats=formats, check_images=check)
   text = [f'detector {fmt}: {r["path"]} ({r["bytes"]} bytes), max |diff| vs JAX model: corners '
-          f'{r["corners_max_abs_diff"]:.3g}, presence logit {r["presence_max_abs_diff"]:.3g} on '
+          f'{r["corners_max_abs_diff"]:.3g}, presence logit {r["presence_max_abs_diff"]:.3g}, '
+          f'heatmap logits {r["heatmaps_max_abs_diff"]:.3g} on '
           f'{r["check_images"]} images' for fmt, r in results.items()]
   return {'fingerprint': detector.fingerprint, 'source': detector.source, **results}, text
 
@@ -441,6 +448,13 @@ def zoom_margin(text):
   value = float(text)
   if not 0 <= value <= 1:
     raise argparse.ArgumentTypeError(f'{text}: must lie between 0 and 1')
+  return value
+
+
+def shape_prior_weight(text):
+  value = float(text)
+  if not 0 <= value < float('inf'):
+    raise argparse.ArgumentTypeError(f'{text}: must be a finite number >= 0')
   return value
 
 
@@ -488,6 +502,10 @@ def build_parser():
                      help='the detector looks again at the crop around its first quad, grown '
                           'by this share on each side; 0: one pass (default: as the registry '
                           'was built; else 0.15)')
+      s.add_argument('--detector-shape-prior', type=shape_prior_weight, default=None,
+                     help='weight of the page-shape prior when each corner is chosen among its '
+                          "heatmap's peaks; 0: each map's highest peak (default: as the registry "
+                          'was built; else 8)')
     return s
 
   s = command('embed', cmd_embed, 'Embed the images of DIR/labels.csv into an .npy, csv order.')

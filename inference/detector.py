@@ -16,6 +16,7 @@ import numpy as np
 from errors import CorruptFileError, InputError
 import file_io
 from input_pipeline.image_io import stretch_to_square
+from inference import corner_peaks
 from inference import quads
 from inference import released
 
@@ -23,7 +24,10 @@ DEFAULT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            'released', 'corners-v3')
 EXPORT_STEM = 'detector'  # export_dir/detector.{jaxexport,onnx,json}, beside embedder.*
 EXPORT_KIND = 'corner_detector'
-OUTPUTS = ('corners', 'presence')  # [B, 4, 2] in [0, 1] (peak soft-argmax), [B] logit
+# [B, 4, 2] in [0, 1] (peak soft-argmax), [B] logit, [B, S/8, S/8, 4] corner heatmap logits (for
+# inference/corner_peaks.py). Exports made before the heatmaps have the first two only.
+OUTPUTS = ('corners', 'presence', 'heatmaps')
+LEGACY_OUTPUTS = OUTPUTS[:2]
 # The second, zoomed pass (CornerDetectorModel.detect): the first pass's quad, its bounding box
 # grown by this share of its size on each side (clipped to the photo), detected again. At 192 px
 # a card that covers a fifth of a phone frame is ~80 px wide; cropped, it fills the detector's
@@ -34,6 +38,11 @@ DEFAULT_ZOOM = 0.15
 # frame_aspects, 9:16 to 16:9), by growing the shorter side.
 ZOOM_ASPECTS = (9 / 16, 16 / 9)
 ZOOM_MIN_CONFIDENCE = 0.5  # below this the first pass found no document: nothing to zoom on
+# Each corner is chosen among its heatmap's two highest peaks so that the four make a page's
+# outline (inference/corner_peaks.py): the summed log-masses of the peaks minus this weight x the
+# parallelogram residual over the diagonal. 0: each map's highest peak, as before. Chosen on
+# rendered held-out photos, not on real ones (benchmarks/corners_zoom.py --shape_priors).
+DEFAULT_SHAPE_PRIOR = 8.0
 
 
 def zoom_box(quad, width, height, margin):
@@ -56,39 +65,58 @@ def zoom_box(quad, width, height, margin):
 
 @dataclasses.dataclass
 class CornerDetectorModel:
-  batch_fn: object        # uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], presence logit [B])
+  batch_fn: object        # uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], presence logit
+                          # [B], heatmaps [B, S/8, S/8, 4] unless outputs is LEGACY_OUTPUTS)
   image_size: int
   source: str
   model_config: dict
   variables: dict         # None for an export (it carries its weights inside)
   fingerprint: str = ''   # sha256 of the variables and config (inference.model.model_fingerprint)
+  outputs: tuple = OUTPUTS
+
+  def detect_outputs(self, squares):
+    """uint8 [B, S, S, 3] -> {name: float32 numpy} for each of self.outputs."""
+    got = self.batch_fn(np.asarray(squares, np.uint8))
+    return {name: np.asarray(v, np.float32) for name, v in zip(self.outputs, got)}
 
   def detect_logits(self, squares):
     """uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], presence logit [B]) as numpy."""
-    corners, presence = self.batch_fn(np.asarray(squares, np.uint8))
-    return np.asarray(corners, np.float32), np.asarray(presence, np.float32)
+    out = self.detect_outputs(squares)
+    return out['corners'], out['presence']
 
   def detect_batch(self, squares):
     """uint8 [B, S, S, 3] -> (corners [B, 4, 2] in [0, 1], confidence [B])."""
     corners, presence = self.detect_logits(squares)
     return corners, 1.0 / (1.0 + np.exp(-presence))
 
-  def detect_once(self, rgb):
+  def detect_once(self, rgb, shape_prior=DEFAULT_SHAPE_PRIOR):
     """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float}: one pass over
-    the whole photo stretched to the detector's square."""
-    corners, confidence = self.detect_batch(stretch_to_square(rgb, self.image_size)[None])
+    the whole photo stretched to the detector's square; each corner the highest peak of its
+    heatmap, or with shape_prior > 0 the peaks chosen together (inference/corner_peaks.py)."""
+    out = self.detect_outputs(stretch_to_square(rgb, self.image_size)[None])
     h, w = rgb.shape[:2]
-    return {'quad': corners[0] * np.array([w, h], np.float64), 'confidence': float(confidence[0])}
+    confidence = float(1.0 / (1.0 + np.exp(-out['presence'][0])))
+    if not shape_prior:
+      return {'quad': out['corners'][0] * np.array([w, h], np.float64), 'confidence': confidence}
+    if 'heatmaps' not in out:
+      raise InputError(f'{self.source}: this detector export has no heatmaps output (made before '
+                       'the shape prior); export it again (inference.cli export --detector) or '
+                       'pass --detector-shape-prior 0')
+    xy, mass = corner_peaks.peaks(out['heatmaps'][0])
+    return {'quad': corner_peaks.consistent_quad(xy, mass, (w, h), shape_prior),
+            'confidence': confidence}
 
-  def detect(self, rgb, zoom=DEFAULT_ZOOM, min_confidence=ZOOM_MIN_CONFIDENCE):
+  def detect(self, rgb, zoom=DEFAULT_ZOOM, min_confidence=ZOOM_MIN_CONFIDENCE,
+             shape_prior=DEFAULT_SHAPE_PRIOR):
     """uint8 [H, W, 3] -> {'quad': [4, 2] px of the photo, 'confidence': float, 'zoomed': bool}.
 
     The whole photo first; then, when a document was found (confidence >= min_confidence) and
     zoom > 0, again on the crop around its quad (zoom_box), whose corners replace the first
     ones. The confidence is the first pass's: whether the photo shows a document at all (the
     crop nearly always does). A zoomed quad that cannot be a document's outline
-    (quads.quad_problem) where the first one could is dropped for the first one."""
-    found = dict(self.detect_once(rgb), zoomed=False)
+    (quads.quad_problem) where the first one could is dropped for the first one. shape_prior:
+    as detect_once, in both passes."""
+    found = dict(self.detect_once(rgb, shape_prior), zoomed=False)
     if not zoom or found['confidence'] < min_confidence:
       return found
     h, w = rgb.shape[:2]
@@ -96,7 +124,7 @@ class CornerDetectorModel:
     if box is None:
       return found
     x0, y0, x1, y1 = box
-    close = self.detect_once(np.ascontiguousarray(rgb[y0:y1, x0:x1]))
+    close = self.detect_once(np.ascontiguousarray(rgb[y0:y1, x0:x1]), shape_prior)
     quad = close['quad'] + np.array([x0, y0], np.float64)
     if quads.quad_problem(quad, w, h) and not quads.quad_problem(found['quad'], w, h):
       return found
@@ -107,7 +135,7 @@ class CornerDetectorModel:
     registry rectified with this detector accepts the exported one."""
     return {'kind': EXPORT_KIND, 'fingerprint': self.fingerprint,
             'image_size': int(self.image_size), 'model_config': self.model_config,
-            'outputs': list(OUTPUTS)}
+            'outputs': list(self.outputs)}
 
 
 def abstract_variables(model_config, image_size):
@@ -126,7 +154,7 @@ def detect_fn(model_config, variables):
 
   def detect(images):
     out = model.apply(variables, images, train=False)
-    return out['peak_corners'], out['presence']
+    return out['peak_corners'], out['presence'], out['heatmaps']
   return detect
 
 
@@ -185,7 +213,7 @@ def read_export_metadata(artefact_path):
                      f'{meta.get("kind")!r}, not {EXPORT_KIND!r})')
   size = meta.get('image_size')
   if not isinstance(size, int) or size < 1 or not isinstance(meta.get('fingerprint'), str) \
-      or meta.get('outputs') != list(OUTPUTS):
+      or meta.get('outputs') not in (list(OUTPUTS), list(LEGACY_OUTPUTS)):
     raise CorruptFileError(f'{meta_path}: detector export metadata lacks or garbles image_size, '
                            f'fingerprint or outputs (want {list(OUTPUTS)})')
   return meta
@@ -193,7 +221,7 @@ def read_export_metadata(artefact_path):
 
 def _from_export(batch_fn, meta, path):
   return CornerDetectorModel(batch_fn, meta['image_size'], path, meta.get('model_config', {}),
-                             None, meta['fingerprint'])
+                             None, meta['fingerprint'], tuple(meta['outputs']))
 
 
 def load_onnx(path, num_threads=None):
@@ -210,8 +238,9 @@ def load_onnx(path, num_threads=None):
     raise CorruptFileError(f'{path}: not a readable ONNX model (truncated or damaged? '
                            f'{type(e).__name__}: {str(e).splitlines()[0][:160]})') from None
   names = [o.name for o in session.get_outputs()]
-  if names != list(OUTPUTS):
-    raise CorruptFileError(f'{path}: outputs {names}, not a corner detector\'s {list(OUTPUTS)}')
+  if names != meta['outputs']:
+    raise CorruptFileError(f'{path}: outputs {names}, not the {meta["outputs"]} its metadata '
+                           'says')
   input_name = session.get_inputs()[0].name
   return _from_export(lambda images: session.run(None, {input_name: images}), meta, path)
 

@@ -158,8 +158,9 @@ def export_model(embedding_model, out_dir, formats=('jax', 'onnx'), check_images
 
 # Largest difference an exported detector may make against the JAX model on the check images:
 # corners in image fractions (1e-3 is 0.2 px at 192 px; float32 reordering makes ~1e-6, a peak
-# that moved to another heatmap cell makes >= 1/24) and the presence logit.
-DETECTOR_MAX_DIFF = {'corners': 1e-3, 'presence': 1e-3}
+# that moved to another heatmap cell makes >= 1/24), the presence logit and the heatmap logits
+# (inference/corner_peaks.py chooses among their peaks).
+DETECTOR_MAX_DIFF = {'corners': 1e-3, 'presence': 1e-3, 'heatmaps': 1e-3}
 
 
 def detector_check_photos(size, n=4, seed=0):
@@ -189,8 +190,8 @@ def detector_check_photos(size, n=4, seed=0):
 def export_detector(detector_model, out_dir, formats=('jax', 'onnx'), check_images=None,
                     max_diff=None):
   """Writes detector.{jaxexport,onnx} and detector.json into out_dir; returns {'jax': {...},
-  'onnx': {...}} with paths and parity figures (max |diff| of corners and presence logits
-  against the JAX model on check_images, uint8 [N, S, S, 3]; detector_check_photos if None).
+  'onnx': {...}} with paths and parity figures (max |diff| of corners, presence and heatmap
+  logits against the JAX model on check_images, uint8 [N, S, S, 3]; detector_check_photos if None).
 
   Each artefact is written and checked in a temporary folder inside out_dir and only then
   moved into place (atomic writes): one over max_diff (DETECTOR_MAX_DIFF) raises ValueError
@@ -209,7 +210,7 @@ def export_detector(detector_model, out_dir, formats=('jax', 'onnx'), check_imag
          'onnx': detector_lib.detect_fn(onnx_model_config(config), variables)}
   if check_images is None:
     check_images = detector_check_photos(size)
-  reference = detector_model.detect_logits(check_images)
+  reference = detector_model.detect_outputs(check_images)
   metadata = detector_model.metadata()
   stem = detector_lib.EXPORT_STEM
   os.makedirs(out_dir, exist_ok=True)
@@ -224,9 +225,8 @@ def export_detector(detector_model, out_dir, formats=('jax', 'onnx'), check_imag
         export_jax(fns['jax'], size, tmp_path)
       else:
         export_onnx(fns['onnx'], size, tmp_path, detector_lib.OUTPUTS, model_name='detector')
-      got = detector_lib.load_detector(tmp_path, num_threads=1).detect_logits(check_images)
-      diff = {name: float(np.abs(g - r).max()) for name, g, r in
-              zip(detector_lib.OUTPUTS, got, reference)}
+      got = detector_lib.load_detector(tmp_path, num_threads=1).detect_outputs(check_images)
+      diff = {name: float(np.abs(got[name] - reference[name]).max()) for name in reference}
       over = [f'{k} {v:.3g} > {max_diff[k]:g}' for k, v in diff.items() if not v <= max_diff[k]]
       if over:
         raise ValueError(f'{fmt} export of the detector {detector_model.source} differs from the '
@@ -242,5 +242,6 @@ def export_detector(detector_model, out_dir, formats=('jax', 'onnx'), check_imag
     results[fmt] = {'path': path, 'bytes': os.path.getsize(path),
                     'corners_max_abs_diff': diff['corners'],
                     'presence_max_abs_diff': diff['presence'],
+                    'heatmaps_max_abs_diff': diff['heatmaps'],
                     'check_images': int(len(check_images))}
   return results

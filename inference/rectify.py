@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from errors import InputError
 from inference import quads
-from inference.detector import DEFAULT_ZOOM
+from inference.detector import DEFAULT_SHAPE_PRIOR, DEFAULT_ZOOM
 
 MAX_SIDE = 1024  # px, longest side of a rectified image (the embedder sees 224 or less)
 
@@ -208,7 +208,7 @@ def model_square(preprocessing):
 
 
 def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
-                   zoom=DEFAULT_ZOOM):
+                   zoom=DEFAULT_ZOOM, shape_prior=DEFAULT_SHAPE_PRIOR):
   """What a registry and an embedding record about rectification (in the preprocessing dict, so
   that rectified and whole-photo embeddings are never compared: inference/registry.py refuses a
   model whose preprocessing differs from the registry's). 'warp': 'direct' says the page was
@@ -216,25 +216,30 @@ def rectify_record(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
   than a warp to the page's own size and a resize (no 'warp' key: registries made before).
   'zoom': the detector's second pass on the crop around its first quad (inference/detector.py;
   no 'zoom' key: one pass, as registries made before it); 'refine': whether refine_quad snapped
-  the quad to the edges (after one pass only, see rectifier)."""
+  the quad to the edges (after one pass only, see rectifier); 'shape_prior': the weight with
+  which the corners were chosen together among their heatmaps' peaks (inference/corner_peaks.py;
+  no key: each map's highest peak, as registries made before it)."""
   record = {'detector': detector.fingerprint, 'min_confidence': float(min_confidence),
             'refine': not zoom}
   if zoom:
     record['zoom'] = float(zoom)
+  if shape_prior:
+    record['shape_prior'] = float(shape_prior)
   return dict(record, warp='direct') if square else record
 
 
 def rectifier(detector, min_confidence=DEFAULT_MIN_CONFIDENCE, square=None,
-              zoom=DEFAULT_ZOOM):
+              zoom=DEFAULT_ZOOM, shape_prior=DEFAULT_SHAPE_PRIOR):
   """rgb -> (image to embed, info): detect (with the zoomed second pass when zoom > 0), warp
   (to [square, square] when given, see rectify); the whole photo, and the reason, when the
   detector is unsure or its quad degenerate. With one pass (zoom 0) the quad is first snapped
   to the edges (refine_quad): that lifted MIDV's IoU >= 0.9 from 54% to 67% after one pass,
   but after the zoomed pass it gained nothing on rendered held-out photos and cost real ones
   (benchmarks/corners_zoom.py --refine, benchmarks/corners_midv.py), and it takes ~8 ms.
-  For inference.images.load_images(transform=...)."""
+  shape_prior: inference/detector.py detect's. For inference.images.load_images(transform=...)."""
   def transform(rgb):
-    found = detector.detect(rgb, zoom=zoom, min_confidence=min_confidence)
+    found = detector.detect(rgb, zoom=zoom, min_confidence=min_confidence,
+                            shape_prior=shape_prior)
     if not zoom and found['confidence'] >= min_confidence:
       found = dict(found, quad=refine_quad(rgb, found['quad']))
     return rectify_or_whole(rgb, found, min_confidence, square)

@@ -58,19 +58,22 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   from inference import cli  # pylint: disable=import-outside-toplevel
   from inference.images import default_preprocessing  # pylint: disable=import-outside-toplevel
   from inference.registry import Registry  # pylint: disable=import-outside-toplevel
-  from inference.detector import DEFAULT_ZOOM  # pylint: disable=import-outside-toplevel
+  from inference.detector import DEFAULT_SHAPE_PRIOR, DEFAULT_ZOOM  # pylint: disable=import-outside-toplevel
   model = types.SimpleNamespace(preprocessing=default_preprocessing(32))
   ns = lambda **kw: argparse.Namespace(**dict(dict(detector=detector_dir, min_confidence=0.5,
-                                                   detector_zoom=None), **kw))
+                                                   detector_zoom=None, detector_shape_prior=None),
+                                              **kw))
   args = ns(rectify=True)
   cli.use_rectification(args, model)
   assert model.preprocessing['rectify']['min_confidence'] == 0.5 and args.rectifier
   assert model.preprocessing['rectify']['warp'] == 'direct'  # straight to the 32 px square
   assert model.preprocessing['rectify']['zoom'] == DEFAULT_ZOOM  # the second, zoomed pass
   assert model.preprocessing['rectify']['refine'] is False       # refine_quad after one pass only
+  assert model.preprocessing['rectify']['shape_prior'] == DEFAULT_SHAPE_PRIOR > 0
   one_pass = types.SimpleNamespace(preprocessing=default_preprocessing(32))
-  cli.use_rectification(ns(rectify=True, detector_zoom=0.0), one_pass)
+  cli.use_rectification(ns(rectify=True, detector_zoom=0.0, detector_shape_prior=0.0), one_pass)
   assert 'zoom' not in one_pass.preprocessing['rectify']
+  assert 'shape_prior' not in one_pass.preprocessing['rectify']
   assert one_pass.preprocessing['rectify']['refine'] is True
   rectified = str(tmp_path / 'rectified.npz')
   Registry('f', 4, model.preprocessing).save(rectified)
@@ -83,10 +86,12 @@ def _check_registry_refuses_mixing(detector_dir, tmp_path):
   image, info = follows.rectifier(np.full((40, 30, 3), 128, np.uint8))
   assert image.ndim == 3 and set(info) >= {'rectified', 'quad', 'confidence'}
   assert follower.preprocessing == Registry.load(rectified).preprocessing  # zoom included
-  # A registry rectified before the direct warp and the zoomed pass (no 'warp', no 'zoom' in its
-  # record) keeps its own warp and one pass, so its entries and new queries stay comparable.
+  # A registry rectified before the direct warp, the zoomed pass and the shape prior (none of
+  # 'warp', 'zoom', 'shape_prior' in its record) keeps its own warp, one pass and each map's
+  # highest peak, so its entries and new queries stay comparable.
   older = str(tmp_path / 'older.npz')
-  record = {k: v for k, v in model.preprocessing['rectify'].items() if k not in ('warp', 'zoom')}
+  record = {k: v for k, v in model.preprocessing['rectify'].items()
+            if k not in ('warp', 'zoom', 'shape_prior')}
   record['refine'] = True  # as rectify_record wrote it then
   Registry('f', 4, dict(model.preprocessing, rectify=record)).save(older)
   follows_old = types.SimpleNamespace(preprocessing=default_preprocessing(32))
@@ -115,7 +120,8 @@ def test_fine_tuning_from_a_release_of_another_architecture_is_one_line(exported
 def _bright_box_detector(grid):
   """A classical stand-in for the network with a known answer: the corners of the bounding box
   of the bright pixels of each square, rounded to a `grid`-cell lattice as a coarse detector's
-  heatmap would round them; present when anything is bright."""
+  heatmap would round them; present when anything is bright. No heatmaps (an export made
+  before them): detect with shape_prior=0."""
   from inference import detector  # pylint: disable=import-outside-toplevel
 
   def batch_fn(squares):
@@ -131,7 +137,8 @@ def _bright_box_detector(grid):
       box = np.round(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]) * grid) / grid
       corners.append(box), presence.append(5.0)
     return np.array(corners, np.float32), np.array(presence, np.float32)
-  return detector.CornerDetectorModel(batch_fn, 64, 'bright-box', {}, None)
+  return detector.CornerDetectorModel(batch_fn, 64, 'bright-box', {}, None,
+                                     outputs=detector.LEGACY_OUTPUTS)
 
 
 def test_zoomed_pass_refines_the_quad_in_the_photos_pixels():
@@ -140,15 +147,56 @@ def test_zoomed_pass_refines_the_quad_in_the_photos_pixels():
   photo = np.zeros((480, 640, 3), np.uint8)
   photo[113:207, 301:419] = 255  # a card covering a small part of the frame
   truth = np.array([[301, 113], [419, 113], [419, 207], [301, 207]], np.float64)
-  once = det.detect(photo, zoom=0.0)
-  zoomed = det.detect(photo, zoom=0.25)
+  once = det.detect(photo, zoom=0.0, shape_prior=0)
+  zoomed = det.detect(photo, zoom=0.25, shape_prior=0)
   assert not once['zoomed'] and zoomed['zoomed']
   assert zoomed['confidence'] == once['confidence']
   err = lambda q: np.abs(q - truth).max()
   # One pass rounds to 640/16 = 40 px steps; on the crop (~180 px), to ~11 px steps.
   assert err(once['quad']) > 12 and err(zoomed['quad']) < 6, (once['quad'], zoomed['quad'])
   # Nothing found: no second pass.
-  assert not det.detect(np.zeros((60, 80, 3), np.uint8), zoom=0.1)['zoomed']
+  assert not det.detect(np.zeros((60, 80, 3), np.uint8), zoom=0.1, shape_prior=0)['zoomed']
+  # Without heatmaps the shape prior cannot run: one line saying what to do.
+  with pytest.raises(InputError, match='no heatmaps output.*export it again'):
+    det.detect(photo)
+
+
+def _peaked_maps(spots, h=24, w=32):
+  """[h, w, 4] heatmap logits: for each corner a list of (x, y in [0, 1], height) bumps."""
+  yy, xx = (np.arange(h)[:, None] + 0.5) / h, (np.arange(w)[None, :] + 0.5) / w
+  maps = np.full((h, w, 4), -4.0)
+  for c, bumps in enumerate(spots):
+    for x, y, height in bumps:
+      maps[..., c] = np.maximum(maps[..., c], height - ((xx - x) ** 2 + (yy - y) ** 2) * 800)
+  return maps.astype(np.float32)
+
+
+def test_shape_prior_moves_a_jumped_corner_to_its_second_peak():
+  """The MIDV failure (inference/corner_peaks.py): three corners on the card, the fourth map's
+  highest peak on a keyboard key far off, the card's true corner its second peak."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from inference import corner_peaks  # pylint: disable=import-outside-toplevel
+  from models.corners import peak_soft_argmax  # pylint: disable=import-outside-toplevel
+  card = np.array([[0.3, 0.3], [0.7, 0.32], [0.68, 0.7], [0.31, 0.68]])
+  spots = [[(x, y, 6.0)] for x, y in card]
+  spots[0] = [(0.12, 0.08, 6.0), (0.3, 0.3, 5.0)]  # the key's corner wins on its own
+  maps = _peaked_maps(spots)
+  xy, mass = corner_peaks.peaks(maps)
+  # The first peak of each map is what the model's peak_soft_argmax takes.
+  np.testing.assert_allclose(xy[:, 0], np.asarray(peak_soft_argmax(jnp.asarray(maps[None])))[0],
+                             atol=1e-5)
+  size = (640, 480)
+  alone = corner_peaks.consistent_quad(xy, mass, size, 0.0)
+  together = corner_peaks.consistent_quad(xy, mass, size, 4.0)
+  err = lambda q: np.linalg.norm(q - card * size, axis=-1)
+  assert err(alone)[0] > 100 and err(together).max() < 10, (alone, together)
+  # A clear page is left as its peaks are.
+  clean = corner_peaks.peaks(_peaked_maps([[(x, y, 6.0), (0.5, 0.05, 2.0)] for x, y in card]))
+  np.testing.assert_allclose(corner_peaks.consistent_quad(*clean, size, 4.0), clean[0][:, 0] * size)
+  # Only convex clockwise outlines are chosen; with none among the peaks, the peaks.
+  crossed = corner_peaks.peaks(_peaked_maps([[(x, y, 6.0)] for x, y in card[[1, 0, 2, 3]]]))
+  np.testing.assert_allclose(corner_peaks.consistent_quad(*crossed, size, 4.0),
+                             crossed[0][:, 0] * size)
 
 
 def test_zoom_box_grows_keeps_trained_aspects_and_stays_in_the_photo():
