@@ -382,12 +382,37 @@ def test_exported_detector_matches_jax(exported_detector):
     assert results[fmt]['path'].endswith(name) and results[fmt]['check_images'] == 3
     assert results[fmt]['corners_max_abs_diff'] < 1e-5, results
     assert results[fmt]['presence_max_abs_diff'] < 1e-4, results
+    assert results[fmt]['heatmaps_max_abs_diff'] < 1e-3, results
     loaded = detector.load_detector(results[fmt]['path'], num_threads=1)
     assert loaded.fingerprint == model.fingerprint and loaded.variables is None
     got = loaded.detect_logits(x)
     assert got[0].shape == (4, 4, 2) and got[1].shape == (4,)
     assert np.abs(got[0] - want[0]).max() < 1e-5 and np.abs(got[1] - want[1]).max() < 1e-4
   assert not [p for p in os.listdir(out) if p.startswith('.')]  # no temporary folder left
+
+
+def test_export_made_before_the_heatmaps_output_still_detects(exported_detector, tmp_path):
+  """An export with the two outputs detectors had before the shape prior (corners, presence):
+  it loads and detects with --detector-shape-prior 0; with the prior it says, in one line, to
+  export again."""
+  import onnx  # pylint: disable=import-outside-toplevel
+  from inference import detector  # pylint: disable=import-outside-toplevel
+  model, out, _, _ = exported_detector
+  graph = onnx.load(os.path.join(out, 'detector.onnx'))
+  assert [o.name for o in graph.graph.output] == list(detector.OUTPUTS)
+  graph.graph.output.pop()  # heatmaps
+  onnx.save(graph, str(tmp_path / 'detector.onnx'))
+  with open(os.path.join(out, 'detector.json')) as f:
+    meta = json.load(f)
+  with open(tmp_path / 'detector.json', 'w') as f:
+    json.dump(dict(meta, outputs=list(detector.LEGACY_OUTPUTS)), f)
+  old = detector.load_detector(str(tmp_path), num_threads=1)
+  assert old.outputs == detector.LEGACY_OUTPUTS and old.fingerprint == model.fingerprint
+  photo = np.asarray(Image.fromarray(_checkerboard(160, 100)).resize((120, 90)))
+  np.testing.assert_allclose(old.detect(photo, shape_prior=0)['quad'],
+                             model.detect(photo, shape_prior=0)['quad'], atol=0.05)
+  with pytest.raises(InputError, match='no heatmaps output'):
+    old.detect(photo)
 
 
 def test_int8_detector_keeps_its_head_in_float_and_approximates(exported_detector):
