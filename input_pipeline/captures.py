@@ -108,6 +108,42 @@ def _clutter(x, seed, out_size, count):
   return x
 
 
+def _keyboard(seed, out_size):
+  """A computer keyboard at a random angle: rows of keys (staggered, of varying width, the
+  longer rows of function keys among them) with their labels, dark keys with light labels or
+  light keys with dark ones, in [0, 1]. A card on a keyboard is a common phone photo, and the
+  rows' long straight edges beside the card's edge are where a detector's corner goes astray
+  (the MIDV frames on keyboards)."""
+  ys, xs = _grid(out_size)
+  a = _u(seed, 70, (), -0.5, 0.5)
+  u = xs * tf.cos(a) + ys * tf.sin(a) + _u(seed, 71, (), 0.0, 1.0)
+  v = ys * tf.cos(a) - xs * tf.sin(a) + _u(seed, 72, (), 0.0, 1.0)
+  pitch = _u(seed, 73, (), 0.04, 0.11)                      # key pitch, in frame widths
+  row = tf.floor(v / pitch)
+  # Each row staggered and with its own key width (function-key rows, the space bar row).
+  row_seed = tf.math.floormod(row * 7.31 + 3.7, 11.0) / 11.0
+  width = pitch * (1.0 + 0.6 * tf.cast(row_seed > 0.7, tf.float32) + 3.0 * tf.cast(row_seed < 0.08, tf.float32))
+  ku = (u + row_seed * pitch) / width
+  col = tf.floor(ku)
+  fu, fv = ku - col, v / pitch - row
+  gap = _u(seed, 74, (), 0.06, 0.16)
+  face = (fu > gap) & (fu < 1.0 - gap) & (fv > gap) & (fv < 1.0 - gap)
+  light = _u(seed, 75) < 0.3
+  key_tone = tf.where(light, _u(seed, 76, (), 0.7, 0.92), _u(seed, 76, (), 0.05, 0.22))
+  gap_tone = tf.where(light, key_tone - _u(seed, 77, (), 0.1, 0.35), key_tone * _u(seed, 77, (), 0.3, 0.8))
+  # A label: a glyph-like patch of strokes in the key's upper left, different on every key.
+  h = tf.math.floormod(col * 12.9898 + row * 78.233, 6.2831)
+  lu, lv = (fu - 0.22) / 0.35, (fv - 0.2) / 0.4
+  in_label = (lu > 0) & (lu < 1) & (lv > 0) & (lv < 1)
+  strokes = tf.sin(6.0 * lu * (2.0 + tf.sin(h)) + 9.0 * h) * tf.sin(5.0 * lv * (2.0 + tf.cos(h)) + h)
+  label = in_label & (tf.abs(strokes) > 0.75)
+  label_tone = tf.where(light, 0.1, 0.85) * tf.ones_like(fu)
+  shade = 0.06 * (0.5 - fv)                                  # keys lit from above
+  x = tf.where(face, key_tone + shade, gap_tone * tf.ones_like(fu))
+  x = tf.where(face & label, label_tone, x)
+  return tf.tile(x, [1, 1, 3]) * _u(seed, 78, (1, 1, 3), 0.9, 1.05)
+
+
 def _background(seed, out_size, other, other_box, paper_prob=0.25, clutter=0):
   """A desk, a table, a keyboard, fabric, or (with paper_prob) another paper lying beneath;
   with `clutter`, up to that many things lying on it."""
@@ -118,13 +154,13 @@ def _background(seed, out_size, other, other_box, paper_prob=0.25, clutter=0):
   low = tf.image.resize(_u(seed, 13, (4, 4, 1), -0.2, 0.2), [out_size, out_size])
   freq = _u(seed, 14, (), 20.0, 90.0)
   grain = 0.12 * tf.sin(freq * (ys + 0.05 * tf.sin(7.0 * xs + 3.0 * base[..., :1])))
-  key = _u(seed, 15, (), 0.05, 0.12)
-  keys = tf.cast((tf.math.floormod(xs, key) < key * 0.8) & (tf.math.floormod(ys, key) < key * 0.8),
-                 tf.float32)
   texture = tf.random.stateless_normal([out_size, out_size, 1],
                                        tf.random.experimental.stateless_fold_in(seed, 16)) * 0.06
-  bgs = tf.stack([base + low, wood + low + grain, 0.12 + 0.25 * keys * base[..., :1] + 0.3 * low + 0.0 * base,
-                  base + texture + low])
+  # The keyboard mostly ends somewhere in the frame, on the desk: another long straight edge.
+  edge_a = _u(seed, 79, (), 0.0, 2 * math.pi)
+  off_edge = (xs - 0.5) * tf.cos(edge_a) + (ys - 0.5) * tf.sin(edge_a) > _u(seed, 80, (), -0.9, 0.45)
+  keyboard = tf.where(off_edge, tf.clip_by_value(wood + grain, 0.0, 1.0), _keyboard(seed, out_size))
+  bgs = tf.stack([base + low, wood + low + grain, keyboard + 0.3 * low, base + texture + low])
   bg = tf.clip_by_value(bgs[kind], 0.0, 1.0) * 255.0
   # Another paper beneath, at a random place and angle (several papers in view).
   c = _u(seed, 17, (2,), 0.0, 1.0) * out_size
@@ -199,10 +235,10 @@ def capture(page, box, seed, out_size, strength=1.0, other=None, other_box=None,
   seed = tf.cast(seed, tf.int64)
   box = tf.cast(box, tf.float32)
   draw = _u(seed, 50)
-  mode = tf.where(draw < P_CLEAN, 0, tf.where(draw < P_CLEAN + P_SCAN, 1, 2))
   if corners is None:
+    mode = tf.where(draw < P_CLEAN, 0, tf.where(draw < P_CLEAN + P_SCAN, 1, 2))
     corners = _page_corners(seed, box, out_size, mode, k)
-  else:
+  else:  # the caller's geometry, and its mode (a photo unless it says)
     mode = tf.constant(2) if mode is None else tf.cast(mode, tf.int32)
     corners = tf.cast(corners, tf.float32)
   doc, mask = _place(page, box, corners, out_size)
