@@ -100,6 +100,7 @@ def use_rectification(args, model, registry=None):
   built with, else not. The choice goes into model.preprocessing, which a registry records and
   checks, so rectified and whole-photo embeddings are never mixed."""
   recorded, recorded_warp, recorded_zoom, recorded_prior = None, None, None, None
+  recorded_detector = None
   if registry and file_io.exists(registry):
     from inference.registry import Registry
     preprocessing = Registry.load(registry).preprocessing
@@ -110,6 +111,7 @@ def use_rectification(args, model, registry=None):
     recorded_zoom = preprocessing['rectify'].get('zoom', 0.0) if recorded else None
     # And the shape prior on the corners (inference/corner_peaks.py).
     recorded_prior = preprocessing['rectify'].get('shape_prior', 0.0) if recorded else None
+    recorded_detector = preprocessing['rectify'].get('detector') if recorded else None
   wanted = bool(recorded) if args.rectify is None else args.rectify
   if recorded is not None and wanted != recorded:
     kind = lambda rectified: 'rectified' if rectified else 'whole-photo'
@@ -121,6 +123,15 @@ def use_rectification(args, model, registry=None):
     from inference import detector as detector_lib
     from inference import rectify
     detector = detector_lib.load_detector(args.detector)
+    if recorded_detector and detector.fingerprint != recorded_detector:
+      # Built with another detector: without --detector, the release it was built with (an
+      # earlier default) if it is here; else one line naming both.
+      found = None if args.detector else detector_lib.find_release(recorded_detector)
+      if not found:
+        raise InputError(f'{registry} was rectified by the corner detector {recorded_detector}, '
+                         f'not {detector.source} ({detector.fingerprint}): pass the one it was '
+                         'built with as --detector, or register into a new registry')
+      detector = detector_lib.load_detector(found)
     square = rectify.model_square(model.preprocessing) if recorded_warp != 'page' else None
     zoom = args.detector_zoom
     if zoom is None:

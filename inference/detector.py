@@ -253,6 +253,18 @@ def load_jax_export(path):
   return _from_export(jax.jit(deserialize_jax_export(path).call), meta, path)
 
 
+def find_release(fingerprint):
+  """The detector release folder beside the default one (released/corners-*) whose variables
+  have this fingerprint, or None: a registry rectified by an earlier default detector finds it."""
+  root = os.path.dirname(DEFAULT_DIR)
+  for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    path = os.path.join(root, name)
+    if name.startswith('corners-') and released.is_release(path) and \
+        load_release(path).fingerprint == fingerprint:
+      return path
+  return None
+
+
 def load_detector(path=None, num_threads=None):
   """A corner detector: training workdir, release folder (default: released/corners-v3), export
   folder (detector.onnx, else detector.jaxexport), or a .onnx / .jaxexport file. num_threads:

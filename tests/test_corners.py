@@ -436,6 +436,40 @@ def test_export_made_before_the_heatmaps_output_still_detects(exported_detector,
     old.detect(photo)
 
 
+def test_registry_rectified_by_an_earlier_default_detector_finds_it(exported_detector, tmp_path,
+                                                                   monkeypatch):
+  """When the default detector changes (released/corners-vN), a registry rectified by an earlier
+  one is not refused: without --detector its own release is found by fingerprint; with another
+  --detector the refusal is one line naming both."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  from inference import cli, detector, released  # pylint: disable=import-outside-toplevel
+  from inference.images import default_preprocessing  # pylint: disable=import-outside-toplevel
+  from inference.registry import Registry  # pylint: disable=import-outside-toplevel
+  old_model = exported_detector[0]
+  shutil.copytree(old_model.source, tmp_path / 'corners-v1')
+  newer = tmp_path / 'corners-v2'
+  released.save_release(str(newer), old_model.model_config,
+                        random_stats(old_model.variables, seed=3), old_model.image_size, {})
+  monkeypatch.setattr(detector, 'DEFAULT_DIR', str(newer))
+  assert detector.load_detector().fingerprint != old_model.fingerprint
+  ns = lambda **kw: argparse.Namespace(**dict(dict(rectify=None, detector='', min_confidence=0.5,
+                                                   detector_zoom=None, detector_shape_prior=None),
+                                              **kw))
+  built = types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  cli.use_rectification(ns(rectify=True, detector=str(tmp_path / 'corners-v1')), built)
+  registry = str(tmp_path / 'r.npz')
+  Registry('f', 4, built.preprocessing).save(registry)
+  follower = types.SimpleNamespace(preprocessing=default_preprocessing(32))
+  cli.use_rectification(ns(), follower, registry)
+  assert follower.preprocessing == built.preprocessing  # the v1 release, found
+  with pytest.raises(InputError, match=f'rectified by the corner detector {old_model.fingerprint}, '
+                                       'not .*corners-v2'):
+    cli.use_rectification(ns(detector=str(newer)),
+                          types.SimpleNamespace(preprocessing=default_preprocessing(32)), registry)
+
+
 def test_int8_detector_keeps_its_head_in_float_and_approximates(exported_detector):
   """`python -m inference.quantize --onnx export/detector.onnx`: the network in int8 (calibrated
   on rendered phone photos), the heatmap soft-argmax in float; same fingerprint and outputs."""
