@@ -65,10 +65,11 @@ def get_config(arg=None):
   g.overhang_max = 0.1
   g.cut_shift = 0.04
   # Pages edge to edge (PDFs, scans, the templates users register): clean, scanned or a close
-  # photo. Off: 0.15 of them in a 1,500-step fine-tune of corners-v3 outlined full-frame
-  # templates well (`inference.cli evaluate --rectify` on MIDV: top-1 0.31 -> 0.98) but cards in
-  # phone photos worse (MIDV IoU >= 0.9 0.54 -> 0.42; the same fine-tune without them 0.52).
-  # Flat templates go into a rectified registry whole instead (`register --rectify --flat`).
+  # photo. Off: 0.15 of them in a 1,500-step fine-tune of corners-v3 (workdirs/corners7, README
+  # "Finding and flattening the document") outline flat pages far better (MIDV templates: mean
+  # IoU with the frame 0.27 -> 0.83; `evaluate --rectify` on MIDV top-1 0.19 -> 0.87) but cards
+  # in phone photos worse (MIDV zoomed IoU >= 0.9 0.885 -> 0.769; the same fine-tune without them
+  # 0.885). Flat templates go into a rectified registry whole instead (`register --rectify --flat`).
   g.full_page_share = 0.0
   g.full_page_inset = 0.05     # corners up to this far inside the frame (a third of it outside)
 
