@@ -15,7 +15,9 @@ along its detected document corners (released/corners-v3: the whole photo, then 
 at the crop around the first quad, --detector-zoom; the four corners chosen together among their
 heatmaps' peaks so they outline a page, --detector-shape-prior) before it is embedded; a registry
 records it and refuses the other kind. Templates that are flat pages already (scans, PDF renders) go into a
-rectified registry whole with `register --rectify --flat`.
+rectified registry whole with `register --rectify --flat`. --rectify is for photos of a page: the
+detector outlines only a part of a page that fills its frame (benchmarks/corners_flat.py), so a
+registry of scans queried with scans is better left unrectified (README, issue 15).
 --turns 180 (or 90,180,270) on register: each image is also entered turned by those degrees, so
 captures fed upside down (or sideways) meet their type; answers say which turn matched.
 Plain text by default, --json for JSON; bad input is one line on stderr and exit status 1, and
