@@ -25,14 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 from benchmarks.timing import emit  # pylint: disable=g-import-not-at-top
 from evaluation import labelled_folder  # pylint: disable=g-import-not-at-top
+from inference import images as images_lib  # pylint: disable=g-import-not-at-top
 from inference import quads  # pylint: disable=g-import-not-at-top
-from input_pipeline import image_io  # pylint: disable=g-import-not-at-top
 
 DEFAULT_SETS = ('../shared/data/us_forms,../shared/data/midv_photos:register')
-
-
-def frame_quad(width, height):
-  return np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
 
 
 def main(argv=None):
@@ -51,11 +47,10 @@ def main(argv=None):
     rows = [r for r in labelled_folder.read_labels_csv(root) if not role or r.get('role') == role]
     ious, covers = [], []
     for r in rows:
-      with open(os.path.join(root, r['file']), 'rb') as f:
-        rgb = image_io.load_rgb(f.read())
+      rgb = images_lib.decode_image(os.path.join(root, r['file']))
       h, w = rgb.shape[:2]
       quad = det.detect(rgb, zoom=zoom, shape_prior=prior)['quad']
-      ious.append(quads.quad_iou(quad, frame_quad(w, h)))
+      ious.append(quads.quad_iou(quad, quads.frame_quad(w, h)))
       covers.append(abs(quads.signed_area(quad)) / (w * h))
     ious = np.array(ious)
     emit({'bench': 'corners_flat', 'set': spec, 'images': len(rows), 'detector': det.source,

@@ -75,7 +75,7 @@ def largest_quad_contour(rgb, side=512):
     approx = cv2.approxPolyDP(c, 0.02 * cv2.arcLength(c, True), True)
     if len(approx) == 4 and cv2.isContourConvex(approx):
       return order_clockwise(approx.reshape(4, 2) / s), True
-  return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64), False
+  return quads.frame_quad(w, h), False
 
 
 def score(method, quads_pred, frames, seconds):

@@ -7,6 +7,11 @@ benchmarks/corners_midv.py) and by the rectifying warp (inference/rectify.py).
 import numpy as np
 
 
+def frame_quad(width, height):
+  """The quad of a whole width x height image, clockwise from the top-left, in pixels."""
+  return np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float64)
+
+
 def document_diagonal(quad):
   """Mean length of the quad's two diagonals."""
   q = np.asarray(quad, np.float64)

@@ -53,7 +53,7 @@ def rectify(rgb, quad, max_side=MAX_SIDE, square=None):
       photo, quad = photo.reduce(factor), quad / factor
   else:
     w, h = rectified_size(quad, max_side)
-  rect = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+  rect = quads.frame_quad(w, h)
   # Pillow wants the map from output to input pixels (continuous coordinates, corner at 0).
   coeffs = quads.homography(rect, quad).flatten()[:8]
   out = photo.transform((w, h), Image.Transform.PERSPECTIVE, tuple(coeffs), Image.BILINEAR)
@@ -252,5 +252,5 @@ def flat_page(rgb):
   rectification would make of it with a perfect outline (the quad of the whole image)."""
   h, w = rgb.shape[:2]
   return rgb, {'rectified': False, 'flat': True,
-               'quad': [[0.0, 0.0], [float(w), 0.0], [float(w), float(h)], [0.0, float(h)]],
+               'quad': quads.frame_quad(w, h).tolist(),
                'confidence': None, 'reason': 'given as a flat page: embedded whole'}
